@@ -1,0 +1,317 @@
+"""Writing, committing and reading shard sets.
+
+Layout of one output (deterministic per dag, task and logical date)::
+
+    <root>/<dag_id>/<task_id>/ds=<date>/
+        attempts/<attempt_id>/part-00000.parquet   # each attempt writes only under its own prefix
+        _manifests/<attempt_id>.json                # immutable, created with a conditional put
+        _CURRENT                                    # pointer to the published manifest (atomic replace)
+
+A commit creates the manifest, then swaps the pointer: a reader sees the old version or the new one,
+never a mix. After the swap, superseded attempts are deleted, so a rerun leaves exactly one manifest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from airflow_bigdata_ai.shards.errors import ChecksumMismatch, CommitConflict, InvalidReference
+from airflow_bigdata_ai.shards.paths import StoreURI, parse_uri, safe_relative_path, safe_segment
+from airflow_bigdata_ai.shards.refs import Producer, ShardSet, check_sha256
+from airflow_bigdata_ai.shards.store import ShardStore
+from airflow_bigdata_ai.shards.tensors import schema_summary
+
+MANIFEST_KIND = "ShardManifest"
+MANIFEST_VERSION = "1.0"
+POINTER = "_CURRENT"
+MANIFESTS = "_manifests"
+ATTEMPTS = "attempts"
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def partition_segment(logical_date: datetime | str | None) -> str:
+    """``ds=2026-11-24`` for midnight dates, ``ds=2026-11-24T13-00-00`` otherwise, ``ds=none`` without one."""
+    if logical_date is None:
+        return "ds=none"
+    if isinstance(logical_date, str):
+        logical_date = datetime.fromisoformat(logical_date)
+    if logical_date.tzinfo is not None:
+        logical_date = logical_date.astimezone(timezone.utc)
+    if (logical_date.hour, logical_date.minute, logical_date.second) == (0, 0, 0):
+        return f"ds={logical_date:%Y-%m-%d}"
+    return f"ds={logical_date:%Y-%m-%dT%H-%M-%S}"
+
+
+def output_uri(root: str, dag_id: str, task_id: str, logical_date: datetime | str | None) -> str:
+    """Deterministic output location: a rerun for the same date lands on the same place."""
+    base = parse_uri(root)
+    rel = f"{safe_segment(dag_id)}/{safe_segment(task_id)}/{partition_segment(logical_date)}"
+    return str(base.join(rel))
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    """One written shard: path relative to the dataset directory, rows, bytes and sha256 of the file."""
+
+    path: str
+    rows: int
+    bytes: int
+    sha256: str
+
+    @classmethod
+    def from_dict(cls, data: Any) -> ShardInfo:
+        if not isinstance(data, dict) or set(data) != {"path", "rows", "bytes", "sha256"}:
+            raise InvalidReference(f"manifest shard entry must have path, rows, bytes, sha256: {data!r}")
+        if not isinstance(data["rows"], int) or not isinstance(data["bytes"], int):
+            raise InvalidReference(f"manifest shard entry has non-integer rows/bytes: {data!r}")
+        safe_relative_path(data["path"])
+        check_sha256(data["sha256"], f"shard {data['path']} sha256")
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The full listing of one committed shard set (stored beside the data, never in XCom)."""
+
+    attempt_id: str
+    created_at: str
+    schema: dict[str, str]
+    arrow_schema: str  # base64-free: IPC-serialised schema as hex, keeps tensor metadata exact
+    shards: tuple[ShardInfo, ...]
+    producer: Producer = field(default_factory=Producer)
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_rows(self) -> int:
+        return sum(s.rows for s in self.shards)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(s.bytes for s in self.shards)
+
+    def to_bytes(self) -> bytes:
+        body = {
+            "kind": MANIFEST_KIND,
+            "version": MANIFEST_VERSION,
+            "attempt_id": self.attempt_id,
+            "created_at": self.created_at,
+            "schema": self.schema,
+            "arrow_schema": self.arrow_schema,
+            "producer": asdict(self.producer),
+            "stats": self.stats,
+            "shards": [asdict(s) for s in self.shards],
+        }
+        return json.dumps(body, sort_keys=True, indent=1).encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Manifest:
+        try:
+            body = json.loads(data)
+        except json.JSONDecodeError as exc:
+            raise InvalidReference(f"manifest is not valid JSON: {exc}") from exc
+        if not isinstance(body, dict) or body.get("kind") != MANIFEST_KIND:
+            raise InvalidReference("not a shard manifest (kind != ShardManifest)")
+        version = str(body.get("version", ""))
+        if version.split(".")[0] != MANIFEST_VERSION.split(".")[0]:
+            raise InvalidReference(f"unsupported manifest major version {version!r}")
+        for name, typ in (("attempt_id", str), ("schema", dict), ("arrow_schema", str), ("shards", list)):
+            if not isinstance(body.get(name), typ):
+                raise InvalidReference(f"manifest field {name!r} missing or not a {typ.__name__}")
+        return cls(
+            attempt_id=body["attempt_id"],
+            created_at=str(body.get("created_at", "")),
+            schema=body["schema"],
+            arrow_schema=body["arrow_schema"],
+            shards=tuple(ShardInfo.from_dict(s) for s in body["shards"]),
+            producer=Producer.from_dict(body.get("producer")),
+            stats=body.get("stats") or {},
+        )
+
+    def pa_schema(self) -> pa.Schema:
+        return pa.ipc.read_schema(pa.py_buffer(bytes.fromhex(self.arrow_schema)))
+
+
+def table_to_parquet_bytes(table: pa.Table) -> bytes:
+    """Deterministic Parquet encoding: the same table always gives the same bytes (same checksum)."""
+    sink = io.BytesIO()
+    pq.write_table(table, sink, compression="zstd", write_statistics=True, store_schema=True)
+    return sink.getvalue()
+
+
+@dataclass
+class ShardWriter:
+    """Writes the shards of one attempt and commits them. Picklable: ship it to executors and workers.
+
+    Executors call :meth:`write_table` (or :meth:`write_bytes`) with a deterministic shard index; the
+    driver collects the returned :class:`ShardInfo` and calls :meth:`commit` once.
+    """
+
+    store: ShardStore
+    dataset_uri: str
+    attempt_id: str = field(default_factory=lambda: f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:12]}")
+
+    def __post_init__(self) -> None:
+        self.store.resolve(self.dataset_uri)
+        safe_relative_path(self.attempt_id)
+
+    @property
+    def dataset(self) -> StoreURI:
+        return self.store.resolve(self.dataset_uri)
+
+    def shard_path(self, shard_index: int, suffix: str = ".parquet") -> str:
+        return f"{ATTEMPTS}/{self.attempt_id}/part-{shard_index:05d}{suffix}"
+
+    def write_bytes(self, relative_path: str, data: bytes, rows: int) -> ShardInfo:
+        target = self.dataset.join(safe_relative_path(relative_path))
+        self.store.write_bytes(target, data)
+        return ShardInfo(path=relative_path, rows=rows, bytes=len(data), sha256=sha256_hex(data))
+
+    def write_table(self, shard_index: int, table: pa.Table) -> ShardInfo:
+        return self.write_bytes(self.shard_path(shard_index), table_to_parquet_bytes(table), table.num_rows)
+
+    def commit(
+        self,
+        shards: Iterable[ShardInfo],
+        schema: pa.Schema,
+        producer: Producer | None = None,
+        stats: dict[str, Any] | None = None,
+        *,
+        keep_superseded: bool = False,
+    ) -> ShardSet:
+        """Publish atomically and return the reference. Superseded attempts are removed afterwards."""
+        ordered = tuple(sorted(shards, key=lambda s: s.path))
+        if len({s.path for s in ordered}) != len(ordered):
+            raise ValueError("two shards share a path; shard indexes must be unique")
+        manifest = Manifest(
+            attempt_id=self.attempt_id,
+            created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            schema=schema_summary(schema),
+            arrow_schema=schema.serialize().to_pybytes().hex(),
+            shards=ordered,
+            producer=producer or Producer(),
+            stats=stats or {},
+        )
+        body = manifest.to_bytes()
+        manifest_uri = self.dataset.join(f"{MANIFESTS}/{self.attempt_id}.json")
+        if not self.store.put_if_absent(manifest_uri, body):
+            raise CommitConflict(f"manifest {manifest_uri} already exists: attempt {self.attempt_id} committed twice")
+        digest = sha256_hex(body)
+        pointer = {"manifest": f"{MANIFESTS}/{self.attempt_id}.json", "sha256": digest}
+        self.store.write_bytes(self.dataset.join(POINTER), json.dumps(pointer).encode())
+        if not keep_superseded:
+            self._delete_superseded()
+        return ShardSet(
+            manifest_uri=str(manifest_uri),
+            manifest_sha256=digest,
+            schema=manifest.schema,
+            num_rows=manifest.num_rows,
+            num_shards=len(ordered),
+            total_bytes=manifest.total_bytes,
+            producer=manifest.producer,
+            stats=manifest.stats,
+        )
+
+    def abort(self) -> None:
+        """Remove this attempt's staged shards (nothing was published)."""
+        self.store.delete_prefix(self.dataset.join(f"{ATTEMPTS}/{self.attempt_id}"))
+
+    def _delete_superseded(self) -> None:
+        keep_manifest = f"{MANIFESTS}/{self.attempt_id}.json"
+        keep_attempt = f"{ATTEMPTS}/{self.attempt_id}/"
+        base = self.dataset.path.rstrip("/") + "/"
+        stale = []
+        for uri in self.store.list(self.dataset):
+            rel = uri.path[len(base) :]
+            if rel.startswith(f"{MANIFESTS}/") and rel != keep_manifest:
+                stale.append(uri)
+            elif rel.startswith(f"{ATTEMPTS}/") and not rel.startswith(keep_attempt):
+                stale.append(uri)
+        self.store.delete(stale)
+
+
+def current_shardset(store: ShardStore, dataset_uri: str) -> ShardSet | None:
+    """The reference published at ``dataset_uri`` (via its pointer), or None if nothing was committed."""
+    dataset = store.resolve(dataset_uri)
+    pointer_uri = dataset.join(POINTER)
+    if not store.exists(pointer_uri):
+        return None
+    pointer = json.loads(store.read_bytes(pointer_uri))
+    manifest_uri = dataset.join(safe_relative_path(pointer["manifest"]))
+    body = store.read_bytes(manifest_uri)
+    if sha256_hex(body) != pointer["sha256"]:
+        raise ChecksumMismatch(f"manifest {manifest_uri} does not match the sha256 in {pointer_uri}")
+    manifest = Manifest.from_bytes(body)
+    return ShardSet(
+        manifest_uri=str(manifest_uri),
+        manifest_sha256=pointer["sha256"],
+        schema=manifest.schema,
+        num_rows=manifest.num_rows,
+        num_shards=len(manifest.shards),
+        total_bytes=manifest.total_bytes,
+        producer=manifest.producer,
+        stats=manifest.stats,
+    )
+
+
+def load_manifest(store: ShardStore, shardset: ShardSet) -> Manifest:
+    """Read and verify the manifest a reference names, before any shard is touched."""
+    shardset = ShardSet.coerce(shardset)
+    body = store.read_bytes(store.resolve(shardset.manifest_uri))
+    if sha256_hex(body) != shardset.manifest_sha256:
+        raise ChecksumMismatch(
+            f"manifest {shardset.manifest_uri} has sha256 {sha256_hex(body)}, "
+            f"the reference expects {shardset.manifest_sha256}"
+        )
+    manifest = Manifest.from_bytes(body)
+    if manifest.num_rows != shardset.num_rows or len(manifest.shards) != shardset.num_shards:
+        raise InvalidReference(
+            f"manifest lists {manifest.num_rows} rows in {len(manifest.shards)} shards, "
+            f"the reference says {shardset.num_rows} in {shardset.num_shards}"
+        )
+    return manifest
+
+
+def shard_uris(store: ShardStore, shardset: ShardSet) -> list[str]:
+    """Full URIs of every shard (validated to stay inside the dataset directory)."""
+    dataset = store.resolve(ShardSet.coerce(shardset).dataset_uri)
+    return [str(dataset.join(s.path)) for s in load_manifest(store, shardset).shards]
+
+
+def read_shard(store: ShardStore, dataset_uri: str, shard: ShardInfo, *, verify: bool = True) -> pa.Table:
+    """One shard as a table; with ``verify`` the bytes must match the manifest's sha256."""
+    uri = store.resolve(dataset_uri).join(shard.path)
+    data = store.read_bytes(uri)
+    if verify and sha256_hex(data) != shard.sha256:
+        raise ChecksumMismatch(f"shard {uri} has sha256 {sha256_hex(data)}, the manifest expects {shard.sha256}")
+    return pq.read_table(pa.BufferReader(data))
+
+
+def iter_tables(store: ShardStore, shardset: ShardSet, *, verify: bool = True) -> Iterator[pa.Table]:
+    shardset = ShardSet.coerce(shardset)
+    manifest = load_manifest(store, shardset)
+    for shard in manifest.shards:
+        yield read_shard(store, shardset.dataset_uri, shard, verify=verify)
+
+
+def read_table(store: ShardStore, shardset: ShardSet, *, verify: bool = True) -> pa.Table:
+    """The whole shard set in one table (small data, tests, notebooks)."""
+    shardset = ShardSet.coerce(shardset)
+    manifest = load_manifest(store, shardset)
+    tables = [read_shard(store, shardset.dataset_uri, s, verify=verify) for s in manifest.shards]
+    if not tables:
+        return manifest.pa_schema().empty_table()
+    return pa.concat_tables(tables)
