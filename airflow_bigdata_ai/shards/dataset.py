@@ -270,7 +270,12 @@ def current_shardset(store: ShardStore, dataset_uri: str) -> ShardSet | None:
 def load_manifest(store: ShardStore, shardset: ShardSet) -> Manifest:
     """Read and verify the manifest a reference names, before any shard is touched."""
     shardset = ShardSet.coerce(shardset)
-    body = store.read_bytes(store.resolve(shardset.manifest_uri))
+    manifest_uri = store.resolve(shardset.manifest_uri)
+    if not store.exists(manifest_uri):
+        raise FileNotFoundError(
+            f"manifest {manifest_uri} no longer exists: the output was superseded by a rerun or deleted"
+        )
+    body = store.read_bytes(manifest_uri)
     if sha256_hex(body) != shardset.manifest_sha256:
         raise ChecksumMismatch(
             f"manifest {shardset.manifest_uri} has sha256 {sha256_hex(body)}, "

@@ -1,0 +1,81 @@
+"""Shared plumbing for operators that run on the shared cluster.
+
+Translates Airflow context into core calls: which connection, where the date-partitioned output goes,
+who produced it (for the reference), and the extra links of the cluster the task actually used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import BaseOperator
+
+from airflow_bigdata_ai.connection import DEFAULT_CONN_ID
+from airflow_bigdata_ai.links import RayDashboardLink, SparkUILink, push_cluster_links
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+    from airflow_bigdata_ai.cluster import AttachedCluster
+    from airflow_bigdata_ai.hooks.ray_on_spark import RayOnSparkHook
+    from airflow_bigdata_ai.shards import Producer, ShardStore
+
+
+class SharedClusterOperator(BaseOperator):
+    """Base for tasks on the shared Spark-hosted Ray cluster. Cheap to construct: nothing heavy here."""
+
+    template_fields: Sequence[str] = ("output_root",)
+    operator_extra_links = (SparkUILink(), RayDashboardLink())
+
+    def __init__(
+        self, *, ray_on_spark_conn_id: str = DEFAULT_CONN_ID, output_root: str | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(**kwargs)
+        self.ray_on_spark_conn_id = ray_on_spark_conn_id
+        self.output_root = output_root
+
+    @cached_property
+    def hook(self) -> RayOnSparkHook:
+        from airflow_bigdata_ai.hooks.ray_on_spark import RayOnSparkHook
+
+        return RayOnSparkHook(self.ray_on_spark_conn_id)
+
+    def attach_cluster(self, context: Context) -> AttachedCluster:
+        """Attach (starting the embedded cluster if needed) and record its links for the task view."""
+        attached = self.hook.attach()
+        endpoint = attached.endpoint
+        self.log.info(
+            "Attached to shared cluster %s (Spark UI %s, Ray dashboard %s)",
+            endpoint.cluster_id,
+            endpoint.spark_ui_url,
+            endpoint.ray_dashboard_url,
+        )
+        push_cluster_links(context, endpoint.spark_ui_url, endpoint.ray_dashboard_url)
+        return attached
+
+    def producer(self, context: Context) -> Producer:
+        from airflow_bigdata_ai.shards import Producer
+
+        ti = context["ti"]
+        logical_date = context.get("logical_date")
+        return Producer(
+            dag_id=ti.dag_id,
+            task_id=ti.task_id,
+            run_id=ti.run_id,
+            logical_date=logical_date.isoformat() if logical_date else None,
+            try_number=getattr(ti, "try_number", None),
+        )
+
+    def output_location(self, context: Context) -> tuple[ShardStore, str]:
+        """The store and the deterministic (dag, task, logical date) location of this task's output."""
+        from airflow_bigdata_ai.shards import output_uri
+
+        root = self.output_root or self.hook.store_root
+        store = self.hook.store_for(root)
+        ti = context["ti"]
+        location = output_uri(root, ti.dag_id, ti.task_id, context.get("logical_date"))
+        if getattr(ti, "map_index", -1) not in (-1, None):
+            location = f"{location}/map_index={ti.map_index}"
+        return store, location

@@ -1,0 +1,120 @@
+"""Writing, committing and reading shard sets on the local store."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from airflow_bigdata_ai.shards import (
+    ChecksumMismatch,
+    CommitConflict,
+    ShardSet,
+    ShardWriter,
+    current_shardset,
+    decode_tensors,
+    load_manifest,
+    open_store,
+    output_uri,
+    read_table,
+    tensor_spec,
+)
+from tests.unit.shard_helpers import SCHEMA, shard_table, write_shardset
+
+
+@pytest.fixture()
+def store(tmp_path):
+    return open_store(str(tmp_path / "root"))
+
+
+def test_output_location_is_deterministic_and_date_partitioned(tmp_path):
+    root = str(tmp_path)
+    a = output_uri(root, "dag", "prep", "2026-11-24T00:00:00+00:00")
+    assert a == output_uri(root, "dag", "prep", "2026-11-24T00:00:00+00:00")
+    assert a.endswith("/dag/prep/ds=2026-11-24")
+    assert output_uri(root, "dag", "prep", "2026-11-25T00:00:00+00:00").endswith("ds=2026-11-25")
+    assert output_uri(root, "dag", "prep", "2026-11-24T06:00:00+00:00").endswith("ds=2026-11-24T06-00-00")
+
+
+def test_round_trip_keeps_rows_and_tensor_metadata(store, tmp_path):
+    dataset = output_uri(str(store.root), "dag", "t", "2026-11-24")
+    ref = write_shardset(store, dataset, shards=3, rows=5)
+    assert (ref.num_rows, ref.num_shards) == (15, 3)
+    assert ref.schema["image"] == "tensor<float32>[1,4,4]"
+    table = read_table(store, ref)
+    assert table.column("record_id").to_pylist()[:2] == ["r00000-0000", "r00000-0001"]
+    shape, dtype = tensor_spec(table.schema.field("image"))
+    images = decode_tensors(table.column("image"), shape, dtype)
+    expected = decode_tensors(shard_table(0, 5).column("image"), shape, dtype)
+    np.testing.assert_array_equal(images[:5], expected)
+    assert current_shardset(store, dataset) == ref
+
+
+def test_rerun_replaces_output_and_keeps_exactly_one_manifest(store):
+    dataset = output_uri(str(store.root), "dag", "t", "2026-11-24")
+    first = write_shardset(store, dataset, shards=4)
+    first_sums = [s.sha256 for s in load_manifest(store, first).shards]
+    second = write_shardset(store, dataset, shards=2)
+    manifests = [u for u in store.list(dataset) if "/_manifests/" in u.path]
+    assert len(manifests) == 1
+    assert current_shardset(store, dataset) == second
+    # the same data gives the same shard checksums (deterministic Parquet encoding)
+    assert [s.sha256 for s in load_manifest(store, second).shards] == first_sums[:2]
+    with pytest.raises(FileNotFoundError, match="superseded"):
+        read_table(store, first)  # superseded version is gone, not silently mixed
+
+
+def test_other_dates_are_untouched_by_a_rerun(store):
+    day1 = output_uri(str(store.root), "dag", "t", "2026-11-24")
+    day2 = output_uri(str(store.root), "dag", "t", "2026-11-25")
+    ref1 = write_shardset(store, day1)
+    before = {u.path: store.read_bytes(u) for u in store.list(day1)}
+    write_shardset(store, day2)
+    write_shardset(store, day2)
+    assert {u.path: store.read_bytes(u) for u in store.list(day1)} == before
+    assert read_table(store, ref1).num_rows == 15
+
+
+def test_commit_twice_is_refused(store):
+    dataset = output_uri(str(store.root), "dag", "t", None)
+    writer = ShardWriter(store, dataset)
+    info = writer.write_table(0, shard_table(0, 2))
+    writer.commit([info], SCHEMA, keep_superseded=True)
+    with pytest.raises(CommitConflict):
+        writer.commit([info], SCHEMA)
+
+
+def test_tampered_shard_is_detected(store):
+    dataset = output_uri(str(store.root), "dag", "t", None)
+    ref = write_shardset(store, dataset, shards=1)
+    shard = load_manifest(store, ref).shards[0]
+    path = os.path.join(store.resolve(dataset).path, shard.path)
+    with open(path, "r+b") as handle:
+        handle.seek(10)
+        handle.write(b"\x00\x01")
+    with pytest.raises(ChecksumMismatch, match="sha256"):
+        read_table(store, ref)
+
+
+def test_xcom_value_stays_small_for_10000_shards(store):
+    dataset = output_uri(str(store.root), "dag", "many", None)
+    writer = ShardWriter(store, dataset)
+    from airflow_bigdata_ai.shards import ShardInfo
+
+    infos = [ShardInfo(writer.shard_path(i), 1, 100, "ab" * 32) for i in range(10_000)]
+    ref = writer.commit(infos, SCHEMA)
+    small = write_shardset(store, output_uri(str(store.root), "dag", "one", None), shards=1)
+    big_bytes, one_bytes = len(ref.to_json().encode()), len(small.to_json().encode())
+    print(f"XCom bytes: 1 shard {one_bytes}, 10,000 shards {big_bytes}")
+    assert big_bytes < 4096 and one_bytes < 4096
+    assert abs(big_bytes - one_bytes) < 64  # only the digits of the counts differ
+    assert ShardSet.from_json(ref.to_json()).num_shards == 10_000
+
+
+def test_pointer_is_json_and_names_the_manifest(store):
+    dataset = output_uri(str(store.root), "dag", "t", None)
+    ref = write_shardset(store, dataset)
+    pointer = json.loads(store.read_bytes(store.resolve(dataset).join("_CURRENT")))
+    assert ref.manifest_uri.endswith(pointer["manifest"]) and pointer["sha256"] == ref.manifest_sha256
