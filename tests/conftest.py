@@ -17,7 +17,21 @@ os.environ.setdefault("AIRFLOW_HOME", os.path.join(_SESSION_HOME, "airflow"))
 os.environ.setdefault("AIRFLOW_BIGDATA_AI_HOME", os.path.join(_SESSION_HOME, "abai"))
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "True"
-os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", os.path.join(os.path.dirname(__file__), "..", "dags_examples"))
+
+def _session_dags_folder() -> str:
+    """dag.test() serialises DAGs from the dags folder: link the example DAGs and the test DAGs into one."""
+    folder = os.path.join(_SESSION_HOME, "dags")
+    os.makedirs(folder, exist_ok=True)
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for source in (os.path.join(repo, "dags_examples"), os.path.join(repo, "tests", "dags")):
+        if os.path.isdir(source):
+            for name in os.listdir(source):
+                if name.endswith(".py") and not name.startswith("_"):
+                    os.symlink(os.path.join(source, name), os.path.join(folder, name))
+    return folder
+
+
+os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", _session_dags_folder())
 os.environ["SPARK_LOCAL_IP"] = "127.0.0.1"
 os.environ.setdefault("NO_PROXY", "localhost,127.0.0.1")
 os.environ.setdefault("no_proxy", "localhost,127.0.0.1")
