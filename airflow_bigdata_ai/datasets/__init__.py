@@ -1,0 +1,1 @@
+"""Deterministic datasets for examples, tests and benchmarks (no downloads)."""
