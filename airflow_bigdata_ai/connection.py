@@ -112,7 +112,7 @@ class ConnectionSettings:
             auth_token=password or None,
             max_worker_nodes=_optional_int(extras.get("max_worker_nodes")),
             num_cpus_worker_node=_optional_int(extras.get("num_cpus_worker_node")) or 2,
-            idle_timeout_s=float(extras.get("idle_timeout_s") if extras.get("idle_timeout_s") is not None else 3600),
+            idle_timeout_s=float(extras.get("idle_timeout_s", 3600)),
             spark_conf={str(k): str(v) for k, v in spark_conf.items()},
         )
 

@@ -18,6 +18,7 @@ os.environ.setdefault("AIRFLOW_BIGDATA_AI_HOME", os.path.join(_SESSION_HOME, "ab
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "True"
 
+
 def _session_dags_folder() -> str:
     """dag.test() serialises DAGs from the dags folder: link the example DAGs and the test DAGs into one."""
     folder = os.path.join(_SESSION_HOME, "dags")

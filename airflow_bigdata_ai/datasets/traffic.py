@@ -55,13 +55,21 @@ def _car(draw: ImageDraw.ImageDraw, s: Scene, x0: float, y0: float, w: float, h:
     body = s.colour()
     draw.rounded_rectangle([x0, y0 + h * 0.45, x0 + w, y0 + h * 0.85], radius=h * 0.1, fill=body)
     draw.polygon(
-        [(x0 + w * 0.2, y0 + h * 0.45), (x0 + w * 0.32, y0 + h * 0.15), (x0 + w * 0.68, y0 + h * 0.15),
-         (x0 + w * 0.82, y0 + h * 0.45)],
+        [
+            (x0 + w * 0.2, y0 + h * 0.45),
+            (x0 + w * 0.32, y0 + h * 0.15),
+            (x0 + w * 0.68, y0 + h * 0.15),
+            (x0 + w * 0.82, y0 + h * 0.45),
+        ],
         fill=body,
     )
     draw.polygon(
-        [(x0 + w * 0.27, y0 + h * 0.43), (x0 + w * 0.35, y0 + h * 0.2), (x0 + w * 0.65, y0 + h * 0.2),
-         (x0 + w * 0.76, y0 + h * 0.43)],
+        [
+            (x0 + w * 0.27, y0 + h * 0.43),
+            (x0 + w * 0.35, y0 + h * 0.2),
+            (x0 + w * 0.65, y0 + h * 0.2),
+            (x0 + w * 0.76, y0 + h * 0.43),
+        ],
         fill=(170, 200, 230),
     )
     for cx in (x0 + w * 0.22, x0 + w * 0.78):

@@ -117,9 +117,8 @@ class RayOnSparkHook(BaseHook):
             return S3Options()
         extra = aws.extra_dejson
         return S3Options(
-            endpoint_url=extra.get("endpoint_url") or (extra.get("service_config", {}).get("s3", {}) or {}).get(
-                "endpoint_url"
-            ),
+            endpoint_url=extra.get("endpoint_url")
+            or (extra.get("service_config", {}).get("s3", {}) or {}).get("endpoint_url"),
             region_name=extra.get("region_name"),
             aws_access_key_id=aws.login or None,
             aws_secret_access_key=aws.password or None,

@@ -10,8 +10,8 @@ from airflow_bigdata_ai.shards.dataset import (
     output_uri,
     read_shard,
     read_table,
-    shard_uris,
     sha256_hex,
+    shard_uris,
 )
 from airflow_bigdata_ai.shards.errors import ChecksumMismatch, CommitConflict, InvalidReference, UnsafePath
 from airflow_bigdata_ai.shards.refs import ModelRef, Producer, ShardSet

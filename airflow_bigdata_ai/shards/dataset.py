@@ -20,7 +20,7 @@ import time
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import pyarrow as pa
@@ -50,7 +50,7 @@ def partition_segment(logical_date: datetime | str | None) -> str:
     if isinstance(logical_date, str):
         logical_date = datetime.fromisoformat(logical_date)
     if logical_date.tzinfo is not None:
-        logical_date = logical_date.astimezone(timezone.utc)
+        logical_date = logical_date.astimezone(UTC)
     if (logical_date.hour, logical_date.minute, logical_date.second) == (0, 0, 0):
         return f"ds={logical_date:%Y-%m-%d}"
     return f"ds={logical_date:%Y-%m-%dT%H-%M-%S}"
@@ -198,7 +198,7 @@ class ShardWriter:
             raise ValueError("two shards share a path; shard indexes must be unique")
         manifest = Manifest(
             attempt_id=self.attempt_id,
-            created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            created_at=datetime.now(UTC).isoformat(timespec="seconds"),
             schema=schema_summary(schema),
             arrow_schema=schema.serialize().to_pybytes().hex(),
             shards=ordered,

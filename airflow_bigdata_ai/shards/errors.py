@@ -10,8 +10,6 @@ class InvalidReference(ValueError):
     """A ShardSet/ModelRef (or its manifest) is malformed, tampered with or points somewhere it must not."""
 
 
-
-
 class ChecksumMismatch(InvalidReference):
     """Bytes read back do not hash to the sha256 recorded in the reference or manifest."""
 

@@ -7,6 +7,7 @@ foreign bucket or a path outside the root.
 
 from __future__ import annotations
 
+import builtins
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -67,11 +68,11 @@ class ShardStore:
     def exists(self, uri: str | StoreURI) -> bool:
         raise NotImplementedError
 
-    def list(self, prefix: str | StoreURI) -> list[StoreURI]:
+    def list(self, prefix: str | StoreURI) -> builtins.list[StoreURI]:
         """Every object below ``prefix`` (recursive), sorted."""
         raise NotImplementedError
 
-    def delete(self, uris: list[StoreURI]) -> None:
+    def delete(self, uris: builtins.list[StoreURI]) -> None:
         raise NotImplementedError
 
     def arrow_filesystem(self) -> pyarrow.fs.FileSystem:
@@ -124,15 +125,15 @@ class LocalStore(ShardStore):
     def exists(self, uri: str | StoreURI) -> bool:
         return os.path.exists(self.resolve(uri).path)
 
-    def list(self, prefix: str | StoreURI) -> list[StoreURI]:
+    def list(self, prefix: str | StoreURI) -> builtins.list[StoreURI]:
         base = self.resolve(prefix)
-        found: list[StoreURI] = []
+        found: builtins.list[StoreURI] = []
         for dirpath, _dirs, files in os.walk(base.path):
             for name in files:
                 found.append(StoreURI("file", "", os.path.join(dirpath, name)))
         return sorted(found, key=lambda u: u.path)
 
-    def delete(self, uris: list[StoreURI]) -> None:
+    def delete(self, uris: builtins.list[StoreURI]) -> None:
         dirs: set[str] = set()
         for uri in uris:
             path = self.resolve(uri).path
@@ -212,17 +213,17 @@ class S3Store(ShardStore):
             raise
         return True
 
-    def list(self, prefix: str | StoreURI) -> list[StoreURI]:
+    def list(self, prefix: str | StoreURI) -> builtins.list[StoreURI]:
         base = self.resolve(prefix)
         key_prefix = base.path.rstrip("/") + "/" if base.path else ""
-        found: list[StoreURI] = []
+        found: builtins.list[StoreURI] = []
         paginator = self.client.get_paginator("list_objects_v2")
         for page in paginator.paginate(Bucket=base.bucket, Prefix=key_prefix):
             for item in page.get("Contents", []):
                 found.append(StoreURI("s3", base.bucket, item["Key"]))
         return sorted(found, key=lambda u: u.path)
 
-    def delete(self, uris: list[StoreURI]) -> None:
+    def delete(self, uris: builtins.list[StoreURI]) -> None:
         targets = [self.resolve(u) for u in uris]
         for start in range(0, len(targets), 1000):
             batch = targets[start : start + 1000]

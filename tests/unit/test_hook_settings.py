@@ -56,7 +56,9 @@ def test_store_for_uses_aws_connection(monkeypatch, tmp_path):
 
     aws = {"conn_type": "aws", "login": "AK", "password": "SK", "extra": {"endpoint_url": "http://127.0.0.1:9"}}
     monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", json.dumps(aws))
-    monkeypatch.setenv("AIRFLOW_CONN_C", json.dumps({"conn_type": "ray_on_spark", "extra": {"store_root": str(tmp_path)}}))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_C", json.dumps({"conn_type": "ray_on_spark", "extra": {"store_root": str(tmp_path)}})
+    )
     hook = RayOnSparkHook("c")
     s3 = hook.store_for("s3://bucket/x/y")
     assert isinstance(s3, S3Store) and str(s3.root) == "s3://bucket"

@@ -9,9 +9,9 @@ import subprocess
 import sys
 from importlib.metadata import entry_points
 
+import airflow
 import jsonschema
 
-import airflow
 from airflow_bigdata_ai.get_provider_info import get_provider_info
 
 
@@ -49,7 +49,14 @@ def test_connection_form_is_declarative_and_token_is_the_password_field():
 
 def test_airflow_cli_lists_the_provider():
     result = subprocess.run(
-        [os.path.join(os.path.dirname(sys.executable), "airflow"), "providers", "get", "airflow-bigdata-ai", "-o", "json"],
+        [
+            os.path.join(os.path.dirname(sys.executable), "airflow"),
+            "providers",
+            "get",
+            "airflow-bigdata-ai",
+            "-o",
+            "json",
+        ],
         capture_output=True,
         text=True,
         timeout=120,

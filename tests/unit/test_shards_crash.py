@@ -30,9 +30,7 @@ WRITER = textwrap.dedent(
 
 def _kill_writer_halfway(root: str, dataset: str) -> None:
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    proc = subprocess.Popen(
-        [sys.executable, "-c", WRITER, root, dataset], stdout=subprocess.PIPE, text=True, cwd=repo
-    )
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, root, dataset], stdout=subprocess.PIPE, text=True, cwd=repo)
     assert proc.stdout is not None
     for line in proc.stdout:
         if int(line) >= 10:
