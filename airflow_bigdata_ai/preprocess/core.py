@@ -1,0 +1,158 @@
+"""``preprocess()``: the Airflow-free entry point (usable from a notebook) behind SparkPreprocessOperator.
+
+It lists and transforms a source into a committed ShardSet, writes a quarantine report beside the
+shards, and decides pass/fail on ``max_bad_fraction``. Data errors are counted; infrastructure errors
+raise. Staged shards of a failed attempt are removed, so only committed data is ever visible.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+
+from airflow_bigdata_ai.preprocess.engine import ProgressCallback, log_progress, run_local, run_spark
+from airflow_bigdata_ai.preprocess.errors import InconsistentOutput, TooManyBadRecords
+from airflow_bigdata_ai.preprocess.images import ImageGuards
+from airflow_bigdata_ai.preprocess.process import ShardJob, TransformLike, describe_transform
+from airflow_bigdata_ai.preprocess.sources import SourceSpec
+from airflow_bigdata_ai.shards.dataset import ShardInfo, ShardWriter
+from airflow_bigdata_ai.shards.refs import Producer, ShardSet
+from airflow_bigdata_ai.shards.store import S3Options, ShardStore, open_store
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+QUARANTINE_KIND = "QuarantineReport"
+QUARANTINE_FILE = "quarantine.json"
+DEFAULT_ROWS_PER_SHARD = 512
+MAX_EXAMPLES = 5
+
+
+def preprocess(
+    source: SourceSpec | Mapping[str, Any] | str,
+    output_uri: str,
+    *,
+    spark: SparkSession | None = None,
+    transform: TransformLike = None,
+    guards: ImageGuards | Mapping[str, Any] | None = None,
+    output_spec: Mapping[str, tuple[Any, ...]] | None = None,
+    rows_per_shard: int = DEFAULT_ROWS_PER_SHARD,
+    max_bad_fraction: float = 0.01,
+    source_store: ShardStore | None = None,
+    output_store: ShardStore | None = None,
+    s3_options: S3Options | None = None,
+    producer: Producer | None = None,
+    progress: ProgressCallback | None = log_progress,
+    progress_interval_s: float = 2.0,
+    tag: str | None = None,
+) -> ShardSet:
+    """Transform ``source`` into a ShardSet committed at ``output_uri``.
+
+    With ``spark`` the work runs data-parallel on its executors; without, in this process (same bytes).
+    Raises :class:`TooManyBadRecords` above ``max_bad_fraction`` (report written, nothing committed),
+    :class:`SourceError` for a missing or empty source, and any storage error as is.
+    """
+    if rows_per_shard < 1:
+        raise ValueError("rows_per_shard must be >= 1")
+    if not 0.0 <= max_bad_fraction <= 1.0:
+        raise ValueError("max_bad_fraction must be within [0, 1]")
+    spec = SourceSpec.coerce(source)
+    source_store = source_store or open_store(str(spec.root), s3_options)
+    output_store = output_store or open_store(output_uri, s3_options)
+    writer = ShardWriter(output_store, output_uri)
+    job = ShardJob(
+        source=spec,
+        source_store=source_store,
+        writer=writer,
+        transform=transform,
+        guards=ImageGuards.coerce(guards),
+        output_spec={k: tuple(v) for k, v in output_spec.items()} if output_spec else None,
+    )
+    start = time.monotonic()
+    try:
+        if spark is not None:
+            rows = run_spark(spark, job, rows_per_shard, tag=tag, progress=progress, interval_s=progress_interval_s)
+        else:
+            rows = run_local(job, rows_per_shard, progress=progress, interval_s=progress_interval_s)
+    except BaseException:
+        writer.abort()
+        raise
+    elapsed = time.monotonic() - start
+    try:
+        return _finish(writer, spec, job, rows, max_bad_fraction, producer, elapsed)
+    except TooManyBadRecords:
+        raise  # the staged shards are gone already; the quarantine report stays for inspection
+    except BaseException:
+        writer.abort()
+        raise
+
+
+def _finish(
+    writer: ShardWriter,
+    spec: SourceSpec,
+    job: ShardJob,
+    rows: list[dict[str, Any]],
+    max_bad_fraction: float,
+    producer: Producer | None,
+    elapsed: float,
+) -> ShardSet:
+    shard_rows = sorted((r for r in rows if r["kind"] == "shard"), key=lambda r: r["shard"])
+    bad = sorted((r for r in rows if r["kind"] == "bad"), key=lambda r: r["record_id"])
+    shards = [ShardInfo(r["path"], int(r["rows"]), int(r["bytes"]), r["sha256"]) for r in shard_rows if r["path"]]
+    total = sum(int(r["inputs"]) for r in shard_rows)
+    ok = sum(s.rows for s in shards)
+    by_reason = dict(sorted(Counter(r["reason"] for r in bad).items()))
+    counts = {"inputs": total, "ok": ok, "quarantined": len(bad), "by_reason": by_reason}
+    if ok + len(bad) != total:  # would mean a lost record: never commit that
+        raise RuntimeError(f"record accounting mismatch: {ok} ok + {len(bad)} quarantined != {total} inputs")
+    report = {
+        "kind": QUARANTINE_KIND,
+        "version": "1.0",
+        "source": spec.uri,
+        "counts": counts,
+        "records": [{k: r[k] for k in ("record_id", "uri", "reason", "detail")} for r in bad],
+    }
+    report_info = writer.write_bytes(
+        f"attempts/{writer.attempt_id}/{QUARANTINE_FILE}",
+        json.dumps(report, sort_keys=True, indent=1).encode(),
+        len(bad),
+    )
+    report_uri = str(writer.dataset.join(report_info.path))
+    fraction = len(bad) / total if total else 0.0
+    if fraction > max_bad_fraction:
+        writer.store.delete([writer.dataset.join(s.path) for s in shards])
+        examples = "; ".join(f"{r['uri']}: {r['reason']} ({r['detail']})" for r in bad[:MAX_EXAMPLES])
+        reasons = ", ".join(f"{k}={v}" for k, v in by_reason.items())
+        raise TooManyBadRecords(
+            f"{len(bad)} of {total} inputs ({fraction:.2%}) were quarantined, above max_bad_fraction="
+            f"{max_bad_fraction:.2%} [{reasons}]; nothing was committed. Examples: {examples}. "
+            f"Full list: {report_uri}",
+            counts,
+            report_uri,
+        )
+    schema = _common_schema(shard_rows)
+    stats: dict[str, Any] = {
+        **counts,
+        "quarantine_report": {"uri": report_uri, "sha256": report_info.sha256, "records": len(bad)},
+        "source": spec.to_dict(),
+        "transform": describe_transform(job.transform),
+        "elapsed_s": round(elapsed, 3),
+        "rows_per_s": round(total / elapsed, 1) if elapsed > 0 else None,
+    }
+    return writer.commit(shards, schema, producer=producer, stats=stats)
+
+
+def _common_schema(shard_rows: list[dict[str, Any]]) -> pa.Schema:
+    """Every shard must have the same schema (tensor shapes included); else the transform is inconsistent."""
+    schemas = {r["schema_hex"] for r in shard_rows if r["schema_hex"]}
+    if len(schemas) > 1:
+        decoded = [str(pa.ipc.read_schema(pa.py_buffer(bytes.fromhex(h)))) for h in sorted(schemas)]
+        raise InconsistentOutput("shards have different schemas:\n" + "\n---\n".join(decoded))
+    if not schemas:
+        return pa.schema([pa.field("record_id", pa.string(), nullable=False), pa.field("label", pa.int64())])
+    return pa.ipc.read_schema(pa.py_buffer(bytes.fromhex(schemas.pop())))

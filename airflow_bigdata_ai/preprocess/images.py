@@ -1,0 +1,187 @@
+"""Guarded image decoding and the built-in transforms.
+
+Decoding is where corrupt data shows up, so every failure is mapped to a stable reason code here.
+Decompression bombs are rejected from the header (``Image.open`` is lazy) before any pixel is decoded.
+The built-in pipeline is plain data (a list of dicts), so it can be templated, logged and pickled.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageFile, UnidentifiedImageError
+
+from airflow_bigdata_ai.preprocess.errors import (
+    DECOMPRESSION_BOMB,
+    TRUNCATED,
+    UNDECODABLE,
+    WRONG_CHANNELS,
+    ZERO_BYTES,
+    Quarantined,
+)
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+_TRUNCATION_HINTS = ("truncat", "broken data stream", "unexpected end", "premature end")
+
+
+@dataclass(frozen=True)
+class ImageGuards:
+    """Limits checked on every image before it reaches user code.
+
+    ``max_pixels`` is checked from the header; ``channels`` lists the accepted band counts
+    (``None`` accepts any), e.g. ``(1,)`` for a grayscale dataset.
+    """
+
+    max_pixels: int = 64_000_000
+    channels: tuple[int, ...] | None = None
+
+    @classmethod
+    def coerce(cls, value: ImageGuards | Mapping[str, Any] | None) -> ImageGuards:
+        if value is None:
+            return cls()
+        if isinstance(value, ImageGuards):
+            return value
+        data = dict(value)
+        if data.get("channels") is not None:
+            data["channels"] = tuple(int(c) for c in data["channels"])
+        return cls(**data)
+
+
+def _classify(exc: BaseException) -> str:
+    text = str(exc).lower()
+    if isinstance(exc, EOFError) or any(hint in text for hint in _TRUNCATION_HINTS):
+        return TRUNCATED
+    return UNDECODABLE
+
+
+def decode_image(data: bytes, guards: ImageGuards | None = None) -> Image.Image:
+    """Decode ``data`` fully, or raise :class:`Quarantined` with a reason code. Never returns a lazy image."""
+    guards = guards or ImageGuards()
+    if len(data) == 0:
+        raise Quarantined(ZERO_BYTES, "file is empty")
+    if ImageFile.LOAD_TRUNCATED_IMAGES:  # a global some libraries flip; it would hide truncation
+        raise RuntimeError("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is set: truncated images cannot be detected")
+    try:
+        image = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as exc:
+        raise Quarantined(DECOMPRESSION_BOMB, str(exc)) from None
+    except UnidentifiedImageError as exc:
+        raise Quarantined(UNDECODABLE, f"not a recognised image ({len(data)} bytes)") from exc
+    except Exception as exc:  # noqa: BLE001 - any parser error on user data is a data problem
+        raise Quarantined(_classify(exc), f"{type(exc).__name__}: {exc}") from None
+    width, height = image.size
+    if width <= 0 or height <= 0:
+        raise Quarantined(UNDECODABLE, f"invalid size {width}x{height}")
+    if width * height > guards.max_pixels:
+        raise Quarantined(DECOMPRESSION_BOMB, f"{width}x{height} exceeds max_pixels={guards.max_pixels}")
+    if guards.channels is not None:
+        bands = len(image.getbands())
+        if bands not in guards.channels:
+            raise Quarantined(WRONG_CHANNELS, f"mode {image.mode} has {bands} channels, expected {guards.channels}")
+    try:
+        image.load()
+    except Image.DecompressionBombError as exc:
+        raise Quarantined(DECOMPRESSION_BOMB, str(exc)) from None
+    except Exception as exc:  # noqa: BLE001
+        raise Quarantined(_classify(exc), f"{type(exc).__name__}: {exc}") from None
+    return image
+
+
+# -- built-in transforms ------------------------------------------------------------------------------
+
+_RESAMPLE = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+    "box": Image.Resampling.BOX,
+}
+_OPS = ("convert", "resize", "center_crop", "crop", "to_tensor", "normalize")
+
+
+def _hw(size: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(size, int):
+        return size, size
+    height, width = (int(s) for s in size)
+    return height, width
+
+
+@dataclass(frozen=True)
+class ImagePipeline:
+    """A list of built-in steps applied in order; callable on a decoded image, returns an array.
+
+    Steps (dicts): ``{"op": "convert", "mode": "RGB"}``, ``{"op": "resize", "size": [h, w],
+    "resample": "bilinear"}``, ``{"op": "center_crop", "size": [h, w]}``, ``{"op": "crop", "box":
+    [left, top, right, bottom]}``, ``{"op": "to_tensor", "layout": "CHW", "dtype": "uint8"}`` (float
+    dtypes scale to [0, 1]), ``{"op": "normalize", "mean": [...], "std": [...]}`` (per channel, CHW).
+    Without a ``to_tensor`` step the pipeline ends with a CHW uint8 tensor.
+    """
+
+    steps: tuple[Mapping[str, Any], ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        seen_tensor = False
+        for step in self.steps:
+            op = step.get("op")
+            if op not in _OPS:
+                raise ValueError(f"unknown transform op {op!r}; built-ins are {_OPS}")
+            if op in ("convert", "resize", "center_crop", "crop") and seen_tensor:
+                raise ValueError(f"image op {op!r} must come before to_tensor")
+            if op == "normalize" and not seen_tensor:
+                raise ValueError("normalize must come after to_tensor")
+            if op == "resize" and step.get("resample", "bilinear") not in _RESAMPLE:
+                raise ValueError(f"unknown resample {step.get('resample')!r}; use one of {sorted(_RESAMPLE)}")
+            seen_tensor = seen_tensor or op == "to_tensor"
+
+    @classmethod
+    def from_spec(cls, spec: Sequence[Mapping[str, Any]] | ImagePipeline) -> ImagePipeline:
+        if isinstance(spec, ImagePipeline):
+            return spec
+        return cls(tuple(dict(s) for s in spec))
+
+    def to_spec(self) -> list[dict[str, Any]]:
+        return [dict(s) for s in self.steps]
+
+    def __call__(self, image: Image.Image) -> np.ndarray:
+        array: np.ndarray | None = None
+        for step in self.steps:
+            op = step["op"]
+            if op == "convert":
+                image = image.convert(step["mode"])
+            elif op == "resize":
+                height, width = _hw(step["size"])
+                image = image.resize((width, height), _RESAMPLE[step.get("resample", "bilinear")])
+            elif op == "center_crop":
+                height, width = _hw(step["size"])
+                left = (image.width - width) // 2
+                top = (image.height - height) // 2
+                image = image.crop((left, top, left + width, top + height))
+            elif op == "crop":
+                image = image.crop(tuple(int(v) for v in step["box"]))
+            elif op == "to_tensor":
+                array = to_tensor(image, step.get("layout", "CHW"), step.get("dtype", "uint8"))
+            elif op == "normalize":
+                assert array is not None
+                mean = np.asarray(step["mean"], dtype=array.dtype).reshape(-1, 1, 1)
+                std = np.asarray(step["std"], dtype=array.dtype).reshape(-1, 1, 1)
+                array = (array - mean) / std
+        return array if array is not None else to_tensor(image, "CHW", "uint8")
+
+
+def to_tensor(image: Image.Image, layout: str = "CHW", dtype: str = "uint8") -> np.ndarray:
+    """Image -> array with an explicit channel axis (grayscale gets C=1)."""
+    array = np.asarray(image)
+    if array.ndim == 2:
+        array = array[:, :, None]
+    if layout == "CHW":
+        array = array.transpose(2, 0, 1)
+    elif layout != "HWC":
+        raise ValueError(f"layout must be CHW or HWC, got {layout!r}")
+    target = np.dtype(dtype)
+    if target.kind == "f":
+        return np.ascontiguousarray(array, dtype=target) / target.type(255.0)
+    return np.ascontiguousarray(array.astype(target, copy=False))

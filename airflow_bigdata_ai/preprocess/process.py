@@ -1,0 +1,273 @@
+"""Per-shard processing: runs on executors (or in-process), writes one shard, returns small summaries.
+
+A shard's content depends only on its listing units (sorted by record id) and the transform, never on
+which partition, executor or attempt ran it: retries and speculative copies write identical bytes.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from airflow_bigdata_ai.preprocess.errors import (
+    BAD_LABEL,
+    BAD_OUTPUT,
+    TRANSFORM_ERROR,
+    Quarantined,
+    QuarantineRecord,
+)
+from airflow_bigdata_ai.preprocess.images import ImageGuards, ImagePipeline, decode_image
+from airflow_bigdata_ai.preprocess.sources import SourceSpec, read_tabular
+from airflow_bigdata_ai.shards.dataset import ShardWriter
+from airflow_bigdata_ai.shards.store import ShardStore
+from airflow_bigdata_ai.shards.tensors import encode_tensors, tensor_field
+
+TransformLike = Callable[[Any], Any] | str | Sequence[Mapping[str, Any]] | ImagePipeline | None
+RESERVED = ("record_id", "label")
+
+SUMMARY_DDL = (
+    "kind string, shard int, path string, rows long, bytes long, sha256 string, inputs long, "
+    "record_id string, uri string, reason string, detail string, schema_hex string"
+)
+SUMMARY_SCHEMA = pa.schema(
+    [
+        ("kind", pa.string()),
+        ("shard", pa.int32()),
+        ("path", pa.string()),
+        ("rows", pa.int64()),
+        ("bytes", pa.int64()),
+        ("sha256", pa.string()),
+        ("inputs", pa.int64()),
+        ("record_id", pa.string()),
+        ("uri", pa.string()),
+        ("reason", pa.string()),
+        ("detail", pa.string()),
+        ("schema_hex", pa.string()),
+    ]
+)
+
+
+def import_callable(path: str) -> Callable[..., Any]:
+    """Resolve ``"package.module:function"`` (on the executor, so user code is never pickled)."""
+    module_name, sep, attr = path.partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"import path must look like 'package.module:function', got {path!r}")
+    target: Any = importlib.import_module(module_name)
+    for part in attr.split("."):
+        target = getattr(target, part)
+    if not callable(target):
+        raise TypeError(f"{path} is not callable")
+    return target  # type: ignore[no-any-return]
+
+
+def resolve_transform(transform: TransformLike) -> Callable[[Any], Any]:
+    if transform is None:
+        return ImagePipeline(())
+    if isinstance(transform, ImagePipeline):
+        return transform
+    if isinstance(transform, str):
+        return import_callable(transform)
+    if callable(transform):
+        return transform
+    return ImagePipeline.from_spec(transform)
+
+
+def describe_transform(transform: TransformLike) -> Any:
+    """JSON-able description for the manifest's stats."""
+    if transform is None:
+        return ImagePipeline(()).to_spec()
+    if isinstance(transform, ImagePipeline):
+        return transform.to_spec()
+    if isinstance(transform, str):
+        return transform
+    if callable(transform):
+        return f"{getattr(transform, '__module__', '?')}:{getattr(transform, '__qualname__', repr(transform))}"
+    return ImagePipeline.from_spec(transform).to_spec()
+
+
+# -- output columns -----------------------------------------------------------------------------------
+
+_SCALARS: dict[type, pa.DataType] = {bool: pa.bool_(), int: pa.int64(), float: pa.float64(), str: pa.string()}
+
+
+def _column_spec(value: Any) -> tuple[Any, ...]:
+    if isinstance(value, np.ndarray) and value.ndim >= 1:
+        return ("tensor", tuple(value.shape), value.dtype.name)
+    if isinstance(value, np.generic):
+        value = value.item()
+    for typ, arrow_type in _SCALARS.items():
+        if type(value) is typ:
+            return ("scalar", str(arrow_type))
+    raise TypeError(f"unsupported output value of type {type(value).__name__}; return arrays or scalars")
+
+
+def normalise_output(value: Any, default_name: str) -> dict[str, Any]:
+    """A transform may return one array (-> ``default_name``) or a dict of arrays/scalars."""
+    if isinstance(value, Mapping):
+        out = dict(value)
+    else:
+        out = {default_name: value}
+    for name in out:
+        if not isinstance(name, str) or name in RESERVED:
+            raise TypeError(f"output column name {name!r} is not allowed (reserved: {RESERVED})")
+        if isinstance(out[name], np.ndarray) and out[name].dtype.kind not in "biuf":
+            raise TypeError(f"output {name!r} has dtype {out[name].dtype}; numeric arrays only")
+    return out
+
+
+def build_table(
+    record_ids: list[str], labels: list[int | None], outputs: list[dict[str, Any]], specs: dict[str, tuple[Any, ...]]
+) -> pa.Table:
+    fields = [pa.field("record_id", pa.string(), nullable=False), pa.field("label", pa.int64())]
+    arrays: list[pa.Array] = [pa.array(record_ids, pa.string()), pa.array(labels, pa.int64())]
+    for name, spec in specs.items():
+        values = [o[name] for o in outputs]
+        if spec[0] == "tensor":
+            _, shape, dtype = spec
+            fields.append(tensor_field(name, shape, dtype))
+            arrays.append(encode_tensors(np.stack(values).astype(dtype, copy=False)))
+        else:
+            arrow_type = pa.type_for_alias(spec[1])
+            fields.append(pa.field(name, arrow_type))
+            arrays.append(pa.array([v.item() if isinstance(v, np.generic) else v for v in values], arrow_type))
+    return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
+
+
+def _parse_label(raw: Any) -> int:
+    if raw is None or isinstance(raw, bool):
+        raise ValueError(raw)
+    if isinstance(raw, int):
+        return raw
+    if isinstance(raw, float) and raw.is_integer():
+        return int(raw)
+    if isinstance(raw, str):
+        return int(raw.strip())
+    raise TypeError(raw)
+
+
+# -- the per-shard job -------------------------------------------------------------------------------
+
+
+@dataclass
+class ShardJob:
+    """Everything an executor needs to process shards. Picklable (stores drop their clients)."""
+
+    source: SourceSpec
+    source_store: ShardStore
+    writer: ShardWriter
+    transform: TransformLike = None
+    guards: ImageGuards = field(default_factory=ImageGuards)
+    output_spec: dict[str, tuple[Any, ...]] | None = None
+    _fn: Callable[[Any], Any] | None = field(default=None, repr=False)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_fn"] = None
+        return state
+
+    @property
+    def fn(self) -> Callable[[Any], Any]:
+        if self._fn is None:
+            self._fn = resolve_transform(self.transform)
+        return self._fn
+
+    def process_shard(self, shard: int, units: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Process one shard's units, write its Parquet file, return summary rows (shard + quarantine)."""
+        ordered = sorted(units, key=lambda u: u["record_id"])
+        record_ids: list[str] = []
+        labels: list[int | None] = []
+        outputs: list[dict[str, Any]] = []
+        bad: list[QuarantineRecord] = []
+        specs: dict[str, tuple[Any, ...]] | None = dict(self.output_spec) if self.output_spec else None
+        inputs = 0
+        for record_id, uri, label, payload in self._records(ordered):
+            inputs += 1
+            try:
+                out = self._apply(payload)
+                record_specs = {name: _column_spec(value) for name, value in out.items()}
+                if specs is None:
+                    specs = record_specs
+                elif record_specs != specs:
+                    raise Quarantined(BAD_OUTPUT, f"output {record_specs} differs from {specs}")
+            except Quarantined as q:
+                bad.append(QuarantineRecord(record_id, uri, q.reason, q.detail))
+                continue
+            record_ids.append(record_id)
+            labels.append(label)
+            outputs.append(out)
+        summary = {name: None for name in SUMMARY_SCHEMA.names}
+        summary.update(kind="shard", shard=shard, rows=0, bytes=0, inputs=inputs)
+        if outputs and specs is not None:
+            table = build_table(record_ids, labels, outputs, specs)
+            info = self.writer.write_table(shard, table)
+            summary.update(
+                path=info.path, rows=info.rows, bytes=info.bytes, sha256=info.sha256,
+                schema_hex=table.schema.serialize().to_pybytes().hex(),
+            )  # fmt: skip
+        rows = [summary]
+        for q in bad:
+            row = {name: None for name in SUMMARY_SCHEMA.names}
+            row.update(kind="bad", shard=shard, **q.to_dict())
+            rows.append(row)
+        return rows
+
+    def _records(self, units: list[dict[str, Any]]) -> Iterable[tuple[str, str, int | None, Any]]:
+        """(record_id, uri, label, payload) where payload is bytes or Quarantined or a row dict."""
+        if self.source.format == "images":
+            for unit in units:
+                if unit.get("label_error"):
+                    yield unit["record_id"], unit["uri"], None, Quarantined(BAD_LABEL, unit["label_error"])
+                    continue
+                data = self.source_store.read_bytes(unit["uri"])  # infrastructure errors raise here
+                yield unit["record_id"], unit["uri"], unit["label"], data
+            return
+        for unit in units:
+            table = read_tabular(self.source, self.source_store, unit["uri"])
+            label_col = self.source.label_column
+            for index, row in enumerate(table.to_pylist()):
+                record_id = f"{unit['record_id']}#{index}"
+                label: int | None = None
+                if label_col is not None:
+                    raw = row.pop(label_col, None)
+                    try:
+                        label = _parse_label(raw)
+                    except (TypeError, ValueError):
+                        yield record_id, unit["uri"], None, Quarantined(BAD_LABEL, f"label {raw!r} is not an integer")
+                        continue
+                if self.source.image_column is not None:
+                    yield record_id, unit["uri"], label, row.get(self.source.image_column) or b""
+                else:
+                    yield record_id, unit["uri"], label, row
+
+    def _apply(self, payload: Any) -> dict[str, Any]:
+        if isinstance(payload, Quarantined):
+            raise payload
+        if isinstance(payload, (bytes, bytearray)):
+            image = decode_image(bytes(payload), self.guards)
+            default = "image"
+            arg: Any = image
+        else:
+            default = "features"
+            arg = payload
+        fn = self.fn  # an import error is a configuration error: it raises, it is not quarantined
+        try:
+            return normalise_output(fn(arg), default)
+        except Quarantined:
+            raise
+        except Exception as exc:  # noqa: BLE001 - user code failing on one record quarantines that record
+            raise Quarantined(TRANSFORM_ERROR, f"{type(exc).__name__}: {exc}") from None
+
+    def process_units(self, units: pa.Table) -> pa.Table:
+        """All shards present in ``units`` (a partition may hold several), as one summary table."""
+        by_shard: dict[int, list[dict[str, Any]]] = {}
+        for unit in units.to_pylist():
+            by_shard.setdefault(int(unit["shard"]), []).append(unit)
+        rows: list[dict[str, Any]] = []
+        for shard in sorted(by_shard):
+            rows.extend(self.process_shard(shard, by_shard[shard]))
+        return pa.Table.from_pylist(rows, schema=SUMMARY_SCHEMA)

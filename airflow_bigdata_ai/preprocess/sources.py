@@ -1,0 +1,195 @@
+"""Sources: a folder or prefix of images (labels from sub-folders or a labels file), Parquet, CSV.
+
+Listing runs where it is called: the Spark engine calls :func:`list_units` inside an executor task, so
+neither the Airflow worker nor the driver ever holds the data. The listing is sorted and sharded here,
+which is what makes shard contents independent of partitioning, retries and the store (file or S3).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import posixpath
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+
+from airflow_bigdata_ai.preprocess.errors import SourceError
+from airflow_bigdata_ai.preprocess.images import IMAGE_EXTENSIONS
+from airflow_bigdata_ai.shards.paths import StoreURI, parse_uri
+from airflow_bigdata_ai.shards.store import ShardStore
+
+FORMATS = ("images", "parquet", "csv")
+
+# One listing unit: an image file, or a whole tabular file. Spark DDL and Arrow schema must agree.
+UNIT_DDL = "record_id string, uri string, label long, label_error string, shard int"
+UNIT_SCHEMA = pa.schema(
+    [
+        pa.field("record_id", pa.string()),
+        pa.field("uri", pa.string()),
+        pa.field("label", pa.int64()),
+        pa.field("label_error", pa.string()),
+        pa.field("shard", pa.int32()),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """What to read. Plain data, so it can come from a templated operator argument.
+
+    ``labels`` (images): ``"folders"`` (first sub-folder is the class), ``"none"``, or the URI of a CSV
+    file with ``path,label`` rows (paths relative to ``uri``). ``classes`` fixes the class order (label =
+    index); without it the sorted folder names are the classes. Tabular sources (``parquet``, ``csv``)
+    give one output shard per input file; ``image_column`` holds encoded image bytes to decode.
+    """
+
+    uri: str
+    format: str = "images"
+    labels: str = "folders"
+    classes: tuple[str, ...] | None = None
+    extensions: tuple[str, ...] = IMAGE_EXTENSIONS
+    image_column: str | None = None
+    label_column: str | None = None
+    columns: tuple[str, ...] | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.format not in FORMATS:
+            raise ValueError(f"source format must be one of {FORMATS}, got {self.format!r}")
+        parse_uri(self.uri)
+
+    @classmethod
+    def coerce(cls, value: SourceSpec | Mapping[str, Any] | str) -> SourceSpec:
+        if isinstance(value, SourceSpec):
+            return value
+        if isinstance(value, str):
+            return cls(uri=value)
+        data = dict(value)
+        for key in ("classes", "extensions", "columns"):
+            if data.get(key) is not None:
+                data[key] = tuple(str(v) for v in data[key])
+        return cls(**data)
+
+    @property
+    def root(self) -> StoreURI:
+        return parse_uri(self.uri.rstrip("/") or self.uri)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "uri": self.uri,
+            "format": self.format,
+            "labels": self.labels,
+            "classes": list(self.classes) if self.classes is not None else None,
+            "image_column": self.image_column,
+            "label_column": self.label_column,
+        }
+
+
+def _relative(root: StoreURI, uri: StoreURI) -> str:
+    base = root.path.rstrip("/")
+    return uri.path[len(base) + 1 :] if base else uri.path
+
+
+def _read_labels_file(store: ShardStore, spec: SourceSpec) -> dict[str, str]:
+    labels_uri = spec.labels if "://" in spec.labels or spec.labels.startswith("/") else str(
+        spec.root.join(spec.labels)
+    )
+    try:
+        text = store.read_bytes(labels_uri).decode("utf-8")
+    except FileNotFoundError as exc:
+        raise SourceError(f"labels file {labels_uri} does not exist") from exc
+    mapping: dict[str, str] = {}
+    for row in csv.DictReader(io.StringIO(text)):
+        if "path" not in row or "label" not in row:
+            raise SourceError(f"labels file {labels_uri} needs a header with 'path' and 'label' columns")
+        mapping[row["path"].strip()] = (row["label"] or "").strip()
+    return mapping
+
+
+def _label_for(
+    rel: str, spec: SourceSpec, classes: list[str] | None, labels_file: dict[str, str] | None
+) -> tuple[int | None, str | None]:
+    """(label, None) or (None, why the label is bad)."""
+    if spec.labels == "none":
+        return None, None
+    if labels_file is not None:
+        if rel not in labels_file:
+            return None, "no entry in the labels file"
+        raw = labels_file[rel]
+        if classes is not None:
+            if raw in classes:
+                return classes.index(raw), None
+            return None, f"label {raw!r} is not one of the classes"
+        try:
+            return int(raw), None
+        except ValueError:
+            return None, f"label {raw!r} is not an integer"
+    parts = rel.split("/")
+    if len(parts) < 2:
+        return None, "file is not inside a class folder"
+    assert classes is not None
+    if parts[0] not in classes:
+        return None, f"folder {parts[0]!r} is not one of the classes"
+    return classes.index(parts[0]), None
+
+
+def list_units(spec: SourceSpec, store: ShardStore, rows_per_shard: int) -> pa.Table:
+    """The sorted, sharded listing of ``spec`` (raises :class:`SourceError` for a missing/empty source)."""
+    root = store.resolve(spec.root)
+    objects = store.list(root)
+    if not objects:
+        raise SourceError(f"source {spec.uri} does not exist or is empty")
+    rels = sorted((_relative(root, o), o) for o in objects)
+    rels = [(r, o) for r, o in rels if not any(seg.startswith((".", "_")) for seg in r.split("/"))]
+    if spec.format == "images":
+        exts = tuple(e.lower() for e in spec.extensions)
+        files = [(r, o) for r, o in rels if r.lower().endswith(exts)]
+        if not files:
+            raise SourceError(f"source {spec.uri} has no files ending in {exts}")
+        labels_file = _read_labels_file(store, spec) if spec.labels not in ("folders", "none") else None
+        classes = list(spec.classes) if spec.classes is not None else None
+        if classes is None and spec.labels == "folders":
+            classes = sorted({r.split("/")[0] for r, _ in files if "/" in r})
+        cols: dict[str, list[Any]] = {n: [] for n in UNIT_SCHEMA.names}
+        for index, (rel, obj) in enumerate(files):
+            label, error = _label_for(rel, spec, classes, labels_file)
+            cols["record_id"].append(rel)
+            cols["uri"].append(str(obj))
+            cols["label"].append(label)
+            cols["label_error"].append(error)
+            cols["shard"].append(index // rows_per_shard)
+        return pa.Table.from_pydict(cols, schema=UNIT_SCHEMA)
+    suffix = ".parquet" if spec.format == "parquet" else ".csv"
+    files = [(r, o) for r, o in rels if r.lower().endswith(suffix)]
+    if not files:
+        raise SourceError(f"source {spec.uri} has no {suffix} files")
+    return pa.Table.from_pydict(
+        {
+            "record_id": [r for r, _ in files],
+            "uri": [str(o) for _, o in files],
+            "label": [None] * len(files),
+            "label_error": [None] * len(files),
+            "shard": list(range(len(files))),
+        },
+        schema=UNIT_SCHEMA,
+    )
+
+
+def read_tabular(spec: SourceSpec, store: ShardStore, uri: str) -> pa.Table:
+    """One Parquet or CSV file as a table (errors raise: a whole unreadable file is not one bad record)."""
+    data = store.read_bytes(uri)
+    if spec.format == "parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_table(pa.BufferReader(data), columns=list(spec.columns) if spec.columns else None)
+    import pyarrow.csv as pacsv
+
+    table = pacsv.read_csv(pa.BufferReader(data), **spec.options)
+    return table.select(list(spec.columns)) if spec.columns else table
+
+
+def record_name(rel: str) -> str:
+    return posixpath.basename(rel)
