@@ -90,7 +90,9 @@ def run_local(
     return rows
 
 
-def _list_partition(job: ShardJob, rows_per_shard: int) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+def _list_partition(
+    job: ShardJob, rows_per_shard: int
+) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
     def list_fn(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         seeds = sum(batch.num_rows for batch in batches)
         if seeds:

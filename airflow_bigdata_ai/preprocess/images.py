@@ -71,7 +71,7 @@ def decode_image(data: bytes, guards: ImageGuards | None = None) -> Image.Image:
         raise Quarantined(DECOMPRESSION_BOMB, str(exc)) from None
     except UnidentifiedImageError as exc:
         raise Quarantined(UNDECODABLE, f"not a recognised image ({len(data)} bytes)") from exc
-    except Exception as exc:  # noqa: BLE001 - any parser error on user data is a data problem
+    except Exception as exc:
         raise Quarantined(_classify(exc), f"{type(exc).__name__}: {exc}") from None
     width, height = image.size
     if width <= 0 or height <= 0:
@@ -86,7 +86,7 @@ def decode_image(data: bytes, guards: ImageGuards | None = None) -> Image.Image:
         image.load()
     except Image.DecompressionBombError as exc:
         raise Quarantined(DECOMPRESSION_BOMB, str(exc)) from None
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise Quarantined(_classify(exc), f"{type(exc).__name__}: {exc}") from None
     return image
 
@@ -161,7 +161,8 @@ class ImagePipeline:
                 top = (image.height - height) // 2
                 image = image.crop((left, top, left + width, top + height))
             elif op == "crop":
-                image = image.crop(tuple(int(v) for v in step["box"]))
+                left, top, right, bottom = (int(v) for v in step["box"])
+                image = image.crop((left, top, right, bottom))
             elif op == "to_tensor":
                 array = to_tensor(image, step.get("layout", "CHW"), step.get("dtype", "uint8"))
             elif op == "normalize":

@@ -194,13 +194,13 @@ class ShardJob:
                     specs = record_specs
                 elif record_specs != specs:
                     raise Quarantined(BAD_OUTPUT, f"output {record_specs} differs from {specs}")
-            except Quarantined as q:
-                bad.append(QuarantineRecord(record_id, uri, q.reason, q.detail))
+            except Quarantined as exc:
+                bad.append(QuarantineRecord(record_id, uri, exc.reason, exc.detail))
                 continue
             record_ids.append(record_id)
             labels.append(label)
             outputs.append(out)
-        summary = {name: None for name in SUMMARY_SCHEMA.names}
+        summary: dict[str, Any] = dict.fromkeys(SUMMARY_SCHEMA.names)
         summary.update(kind="shard", shard=shard, rows=0, bytes=0, inputs=inputs)
         if outputs and specs is not None:
             table = build_table(record_ids, labels, outputs, specs)
@@ -210,9 +210,9 @@ class ShardJob:
                 schema_hex=table.schema.serialize().to_pybytes().hex(),
             )  # fmt: skip
         rows = [summary]
-        for q in bad:
-            row = {name: None for name in SUMMARY_SCHEMA.names}
-            row.update(kind="bad", shard=shard, **q.to_dict())
+        for record in bad:
+            row: dict[str, Any] = dict.fromkeys(SUMMARY_SCHEMA.names)
+            row.update(kind="bad", shard=shard, **record.to_dict())
             rows.append(row)
         return rows
 
@@ -259,7 +259,7 @@ class ShardJob:
             return normalise_output(fn(arg), default)
         except Quarantined:
             raise
-        except Exception as exc:  # noqa: BLE001 - user code failing on one record quarantines that record
+        except Exception as exc:
             raise Quarantined(TRANSFORM_ERROR, f"{type(exc).__name__}: {exc}") from None
 
     def process_units(self, units: pa.Table) -> pa.Table:

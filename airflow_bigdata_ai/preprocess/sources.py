@@ -94,8 +94,8 @@ def _relative(root: StoreURI, uri: StoreURI) -> str:
 
 
 def _read_labels_file(store: ShardStore, spec: SourceSpec) -> dict[str, str]:
-    labels_uri = spec.labels if "://" in spec.labels or spec.labels.startswith("/") else str(
-        spec.root.join(spec.labels)
+    labels_uri = (
+        spec.labels if "://" in spec.labels or spec.labels.startswith("/") else str(spec.root.join(spec.labels))
     )
     try:
         text = store.read_bytes(labels_uri).decode("utf-8")

@@ -1,0 +1,32 @@
+"""Ready-made transforms, importable by path (``"airflow_bigdata_ai.preprocess.examples:digits_float"``).
+
+Import paths are resolved on the executors, so these double as the reference for user modules.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+
+def digits_float(image: Image.Image) -> np.ndarray:
+    """Grayscale 8x8 digit -> float32 [1, 8, 8] in [0, 1] (what the training example consumes)."""
+    array = np.asarray(image.convert("L").resize((8, 8), Image.Resampling.BILINEAR), dtype=np.float32)
+    return (array / np.float32(255.0))[None, :, :]
+
+
+def rgb_64(image: Image.Image) -> np.ndarray:
+    """Any image -> uint8 CHW [3, 64, 64] (RGB, bilinear resize)."""
+    resized = image.convert("RGB").resize((64, 64), Image.Resampling.BILINEAR)
+    return np.ascontiguousarray(np.asarray(resized).transpose(2, 0, 1))
+
+
+def with_stats(image: Image.Image) -> dict[str, object]:
+    """Several outputs from one record: a tensor plus scalar columns."""
+    array = np.asarray(image.convert("L"), dtype=np.uint8)
+    return {"image": array[None, :, :], "mean": float(array.mean()), "width": int(image.width)}
+
+
+def row_features(row: dict[str, object]) -> np.ndarray:
+    """Tabular rows: every numeric column except the label, as float32 features."""
+    return np.asarray([float(v) for k, v in sorted(row.items()) if isinstance(v, (int, float))], dtype=np.float32)

@@ -1,0 +1,250 @@
+"""Preprocessing core without Spark: decode guards, transforms, sources, quarantine, determinism."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections import Counter
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from airflow_bigdata_ai.datasets.corrupt import bomb_png, corrupt_folder
+from airflow_bigdata_ai.datasets.digits import CLASSES, write_digits
+from airflow_bigdata_ai.preprocess import (
+    ImageGuards,
+    ImagePipeline,
+    InconsistentOutput,
+    SourceError,
+    SourceSpec,
+    TooManyBadRecords,
+    decode_image,
+    list_units,
+    preprocess,
+)
+from airflow_bigdata_ai.preprocess.errors import Quarantined
+from airflow_bigdata_ai.preprocess.examples import digits_float
+from airflow_bigdata_ai.shards import decode_tensors, load_manifest, open_store, read_table, tensor_spec
+from airflow_bigdata_ai.shards.store import LocalStore
+
+
+def _png(mode: str = "L", size: tuple[int, int] = (8, 8)) -> bytes:
+    out = io.BytesIO()
+    Image.new(mode, size, 7).save(out, "PNG")
+    return out.getvalue()
+
+
+def _reason(data: bytes, guards: ImageGuards | None = None) -> str:
+    with pytest.raises(Quarantined) as info:
+        decode_image(data, guards)
+    return info.value.reason
+
+
+@pytest.fixture(scope="module")
+def digits_root(tmp_path_factory: pytest.TempPathFactory) -> str:
+    root = str(tmp_path_factory.mktemp("digits") / "png")
+    write_digits(root, "png", limit=240)
+    return root
+
+
+def test_decode_guards_give_reason_codes():
+    good = _png()
+    assert decode_image(good).size == (8, 8)
+    assert _reason(b"") == "zero_bytes"
+    assert _reason(good[: int(len(good) * 0.6)]) == "truncated"
+    assert _reason(b"NOTANIMAGE" + bytes(range(200))) == "undecodable"
+    assert _reason(bomb_png(30000, 30000)) == "decompression_bomb"
+    # below Pillow's own limit, our header check still rejects it before decoding
+    assert _reason(bomb_png(5000, 5000), ImageGuards(max_pixels=1_000_000)) == "decompression_bomb"
+    assert _reason(_png("RGB"), ImageGuards(channels=(1,))) == "wrong_channels"
+    jpeg = io.BytesIO()
+    Image.new("RGB", (64, 64), (1, 2, 3)).save(jpeg, "JPEG")
+    assert _reason(jpeg.getvalue()[: len(jpeg.getvalue()) // 2]) == "truncated"
+
+
+def test_builtin_pipeline_shapes_and_values():
+    image = Image.fromarray(np.arange(64 * 48 * 3, dtype=np.uint32).reshape(48, 64, 3).astype(np.uint8), "RGB")
+    pipe = ImagePipeline.from_spec(
+        [
+            {"op": "resize", "size": [32, 40]},
+            {"op": "center_crop", "size": 24},
+            {"op": "to_tensor", "dtype": "float32"},
+            {"op": "normalize", "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]},
+        ]
+    )
+    out = pipe(image)
+    assert out.shape == (3, 24, 24) and out.dtype == np.float32
+    assert out.min() >= -1.0 and out.max() <= 1.0
+    gray = ImagePipeline.from_spec([{"op": "convert", "mode": "L"}, {"op": "crop", "box": [0, 0, 10, 5]}])(image)
+    assert gray.shape == (1, 5, 10) and gray.dtype == np.uint8
+    hwc = ImagePipeline.from_spec([{"op": "to_tensor", "layout": "HWC"}])(image)
+    assert np.array_equal(hwc, np.asarray(image))
+    with pytest.raises(ValueError, match="before to_tensor"):
+        ImagePipeline.from_spec([{"op": "to_tensor"}, {"op": "resize", "size": 4}])
+    with pytest.raises(ValueError, match="unknown transform op"):
+        ImagePipeline.from_spec([{"op": "blur"}])
+
+
+def test_listing_is_sorted_sharded_and_labelled(digits_root):
+    units = list_units(SourceSpec(digits_root), LocalStore(digits_root), rows_per_shard=100).to_pylist()
+    assert [u["record_id"] for u in units] == sorted(u["record_id"] for u in units)
+    assert [u["shard"] for u in units] == [i // 100 for i in range(240)]
+    assert all(u["label"] == int(u["record_id"].split("/")[0]) for u in units)
+
+
+def test_missing_source_raises_not_quarantines(tmp_path):
+    with pytest.raises(SourceError, match="does not exist or is empty"):
+        preprocess(str(tmp_path / "nope"), str(tmp_path / "out"), progress=None)
+    (tmp_path / "txt").mkdir()
+    (tmp_path / "txt" / "a.txt").write_text("x")
+    with pytest.raises(SourceError, match="no files ending"):
+        preprocess(str(tmp_path / "txt"), str(tmp_path / "out"), progress=None)
+
+
+def test_read_errors_raise_and_leave_nothing(digits_root, tmp_path):
+    class FlakyStore(LocalStore):
+        def read_bytes(self, uri):  # type: ignore[no-untyped-def]
+            if str(uri).endswith("digit_0005.png"):
+                raise OSError("simulated storage outage")
+            return super().read_bytes(uri)
+
+    out = str(tmp_path / "out")
+    with pytest.raises(OSError, match="simulated storage outage"):
+        preprocess(digits_root, out, source_store=FlakyStore(digits_root), progress=None)
+    assert open_store(out).list(out) == []
+
+
+def test_digits_rows_tensors_and_deterministic_rerun(digits_root, tmp_path):
+    out = str(tmp_path / "out")
+    events = []
+    first = preprocess(digits_root, out, transform=digits_float, rows_per_shard=64, progress=events.append)
+    assert first.num_rows == 240 and first.num_shards == 4
+    assert events[-1].rows_done == 240 and events[-1].shards_done == 4
+    assert first.schema["image"] == "tensor<float32>[1,8,8]"
+    store = open_store(out)
+    table = read_table(store, first)
+    field = table.schema.field("image")
+    shape, dtype = tensor_spec(field)  # type: ignore[misc]
+    tensors = decode_tensors(table.column("image"), shape, dtype)
+    for index in (0, 17, 239):
+        record_id = table.column("record_id")[index].as_py()
+        with Image.open(f"{digits_root}/{record_id}") as image:
+            assert np.array_equal(tensors[index], digits_float(image))
+        assert table.column("label")[index].as_py() == int(record_id.split("/")[0])
+
+    first_sums = [s.sha256 for s in load_manifest(store, first).shards]
+    second = preprocess(
+        digits_root, out, transform="airflow_bigdata_ai.preprocess.examples:digits_float", rows_per_shard=64,
+        progress=None,
+    )  # fmt: skip
+    assert [s.sha256 for s in load_manifest(store, second).shards] == first_sums
+    assert len([u for u in store.list(out) if "/_manifests/" in u.path]) == 1
+    assert len([u for u in store.list(out) if u.path.endswith("quarantine.json")]) == 1
+
+
+def test_corruption_counts_exact_and_threshold_message(tmp_path):
+    root = str(tmp_path / "jpg")
+    write_digits(root, "jpeg", limit=240)
+    expected = corrupt_folder(root, fraction=0.05)  # 12 files, two of each kind
+    assert Counter(expected.values()) == {k: 2 for k in expected.values()} and len(expected) == 12
+    source = {"uri": root, "classes": list(CLASSES)}
+    guards = {"channels": [1]}
+    out = str(tmp_path / "out")
+    with pytest.raises(TooManyBadRecords) as info:
+        preprocess(source, out, guards=guards, progress=None)
+    message = str(info.value)
+    assert "12 of 240 inputs (5.00%) were quarantined, above max_bad_fraction=1.00%" in message
+    assert "bad_label=2, decompression_bomb=2, truncated=2, undecodable=2, wrong_channels=2, zero_bytes=2" in message
+    assert "Examples: file://" in message
+    report = json.loads(open_store(out).read_bytes(info.value.report_uri))
+    assert {r["record_id"]: r["reason"] for r in report["records"]} == expected
+    assert not [u for u in open_store(out).list(out) if u.path.endswith(".parquet")]
+
+    shardset = preprocess(source, out, guards=guards, max_bad_fraction=0.05, progress=None)
+    assert shardset.num_rows == 240 - 12
+    assert shardset.stats["by_reason"] == dict(sorted(Counter(expected.values()).items()))
+    assert shardset.stats["inputs"] == 240 and shardset.stats["quarantined"] == 12
+    report = json.loads(open_store(out).read_bytes(shardset.stats["quarantine_report"]["uri"]))
+    assert {r["record_id"]: r["reason"] for r in report["records"]} == expected
+    kept = set(read_table(open_store(out), shardset).column("record_id").to_pylist())
+    assert not kept & set(expected)
+
+
+def test_user_errors_are_quarantined_per_record(digits_root, tmp_path):
+    def picky(image: Image.Image) -> np.ndarray:
+        value = int(np.asarray(image).sum())
+        if value % 7 == 0:
+            raise ValueError("picky")
+        size = 2 if value % 5 == 0 else 1
+        return np.zeros((size,), np.float32)
+
+    result = preprocess(digits_root, str(tmp_path / "o"), transform=picky, max_bad_fraction=1.0, progress=None)
+    reasons = result.stats["by_reason"]
+    assert set(reasons) <= {"transform_error", "bad_output"} and reasons.get("transform_error", 0) > 0
+    assert result.num_rows + result.stats["quarantined"] == 240
+
+
+def test_inconsistent_shapes_across_shards_fail(digits_root, tmp_path):
+    def by_label(image: Image.Image) -> np.ndarray:
+        return np.zeros((1 + int(np.asarray(image).sum()) % 2,), np.uint8)
+
+    with pytest.raises(InconsistentOutput):
+        preprocess(digits_root, str(tmp_path / "o"), transform=by_label, rows_per_shard=1, max_bad_fraction=1.0,
+                   progress=None)  # fmt: skip
+
+
+def test_labels_file_and_multi_output(tmp_path):
+    root = tmp_path / "flat"
+    root.mkdir()
+    rows = ["path,label"]
+    for i in range(6):
+        (root / f"img{i}.png").write_bytes(_png(size=(4, 3)))
+        if i != 5:
+            rows.append(f"img{i}.png,{'x' if i == 4 else i % 2}")
+    (root / "labels.csv").write_text("\n".join(rows))
+    result = preprocess(
+        {"uri": str(root), "labels": "labels.csv"}, str(tmp_path / "o"),
+        transform="airflow_bigdata_ai.preprocess.examples:with_stats", output_spec=None, max_bad_fraction=0.5,
+        progress=None,
+    )  # fmt: skip
+    assert result.stats["by_reason"] == {"bad_label": 2}
+    assert result.stats["ok"] == 4
+    table = read_table(open_store(str(tmp_path / "o")), result)
+    assert table.column("label").to_pylist() == [0, 1, 0, 1]
+    assert result.schema == {
+        "record_id": "string", "label": "int64", "image": "tensor<uint8>[1,3,4]", "mean": "double", "width": "int64",
+    }  # fmt: skip
+
+
+def test_parquet_and_csv_sources(tmp_path):
+    src = tmp_path / "tab"
+    src.mkdir()
+    images = []
+    for i in range(5):
+        out = io.BytesIO()
+        Image.new("L", (8, 8), i * 10).save(out, "PNG")
+        images.append(out.getvalue())
+    images[3] = b""
+    table = pa.table({"image": images, "label": [0, 1, 0, 1, 2]})
+    pq.write_table(table.slice(0, 3), src / "a.parquet")
+    pq.write_table(table.slice(3), src / "b.parquet")
+    result = preprocess(
+        {"uri": str(src), "format": "parquet", "image_column": "image", "label_column": "label"},
+        str(tmp_path / "o1"), max_bad_fraction=0.5, progress=None,
+    )  # fmt: skip
+    assert (result.num_rows, result.num_shards, result.stats["by_reason"]) == (4, 2, {"zero_bytes": 1})
+    got = read_table(open_store(str(tmp_path / "o1")), result)
+    assert got.column("record_id").to_pylist() == ["a.parquet#0", "a.parquet#1", "a.parquet#2", "b.parquet#1"]
+
+    csv_dir = tmp_path / "csv"
+    csv_dir.mkdir()
+    (csv_dir / "rows.csv").write_text("x,y,label\n1,2,0\n3,4,1\n5,6,oops\n")
+    result = preprocess(
+        {"uri": str(csv_dir), "format": "csv", "label_column": "label"}, str(tmp_path / "o2"),
+        transform="airflow_bigdata_ai.preprocess.examples:row_features", max_bad_fraction=0.5, progress=None,
+    )  # fmt: skip
+    assert result.schema["features"] == "tensor<float32>[2]"
+    assert (result.num_rows, result.stats["by_reason"]) == (2, {"bad_label": 1})
