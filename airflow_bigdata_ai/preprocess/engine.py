@@ -138,7 +138,13 @@ def run_spark(
             listing = seed.mapInArrow(_list_partition(job, rows_per_shard), UNIT_DDL).localCheckpoint()
             counts = listing.selectExpr("count(1) AS n", "coalesce(max(shard), -1) + 1 AS shards").collect()[0]
             total, shards = int(counts["n"]), int(counts["shards"])
-            log.info("preprocess: %d inputs in %d shards from %s", total, shards, job.source.uri)
+            log.info(
+                "preprocess: %d inputs in %d shards from %s (listed in %.1f s)",
+                total,
+                shards,
+                job.source.uri,
+                time.monotonic() - start,
+            )
             summary = listing.repartitionByRange(max(shards, 1), "shard").mapInArrow(
                 _process_partition(job), SUMMARY_DDL
             )

@@ -1,0 +1,145 @@
+"""SparkPreprocessOperator images/s against one plain Python process doing the same decode + resize.
+
+Same files, one run, one ratio. The operator's figure is end to end (attach, listing on an executor,
+decode/resize, Parquet shards, commit); the baseline only decodes and resizes in a loop, so the ratio
+shows what the engine costs on top of the parallelism it buys. Goal on 2 cores: ratio >= 1.5.
+
+    python benchmarks/bench_preprocess.py [--count 2000] [--size 640x480] [--spark hook|local]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+PIPELINE = [{"op": "convert", "mode": "RGB"}, {"op": "resize", "size": [224, 224]}, {"op": "to_tensor"}]
+
+
+def write_images(root: str, count: int, size: tuple[int, int]) -> list[str]:
+    """Deterministic JPEG photos-sized images (traffic scenes upscaled), written once and cached."""
+    from airflow_bigdata_ai.datasets.traffic import render
+
+    marker = os.path.join(root, f".complete-{count}-{size[0]}x{size[1]}")
+    if not os.path.exists(marker):
+        for index in range(count):
+            image, label = render(index)
+            path = os.path.join(root, label, f"{label}_{index:06d}.jpg")
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            image.resize(size, Image.Resampling.BICUBIC).save(path, "JPEG", quality=90)
+        open(marker, "w").close()
+    return sorted(os.path.join(d, f) for d, _, files in os.walk(root) for f in files if f.endswith(".jpg"))
+
+
+def baseline(paths: list[str]) -> float:
+    """One plain Python process: open, decode, convert, resize, to a CHW uint8 array. Returns seconds."""
+    start = time.perf_counter()
+    checksum = 0
+    for path in paths:
+        with Image.open(path) as image:
+            resized = image.convert("RGB").resize((224, 224), Image.Resampling.BILINEAR)
+            array = np.ascontiguousarray(np.asarray(resized).transpose(2, 0, 1))
+            checksum += int(array[0, 0, 0])
+    return time.perf_counter() - start
+
+
+class _LocalAttached:
+    """Stand-in for AttachedCluster when no shared cluster is available (``--spark local``)."""
+
+    def __init__(self) -> None:
+        from pyspark.sql import SparkSession
+
+        self._spark = SparkSession.builder.remote("local[2]").getOrCreate()
+        self.endpoint = SimpleNamespace(cluster_id="local", spark_ui_url="", ray_dashboard_url="")
+
+    def spark(self) -> Any:
+        return self._spark
+
+    def close(self) -> None:
+        pass
+
+
+def run_operator(source: str, output: str, spark_mode: str, rows_per_shard: int) -> tuple[float, dict[str, Any]]:
+    from airflow_bigdata_ai.operators.preprocess import SparkPreprocessOperator
+
+    op = SparkPreprocessOperator(
+        task_id="bench_preprocess",
+        source=source,
+        transform=PIPELINE,
+        output_uri=output,
+        rows_per_shard=rows_per_shard,
+        progress_interval_s=5.0,
+    )
+    local = _LocalAttached() if spark_mode == "local" else None
+    if local is not None:
+        op.hook.attach = lambda: local  # type: ignore[method-assign]
+    ti = SimpleNamespace(
+        dag_id="bench",
+        task_id="bench_preprocess",
+        run_id="bench",
+        map_index=-1,
+        try_number=1,
+        xcom_push=lambda **kw: None,
+    )
+    context: Any = {"ti": ti, "logical_date": None}
+    try:
+        start = time.perf_counter()
+        result = op.execute(context)
+        return time.perf_counter() - start, result
+    finally:
+        if local is not None:
+            local.spark().stop()
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--count", type=int, default=2000)
+    parser.add_argument("--size", default="640x480", help="WIDTHxHEIGHT of the generated JPEGs")
+    parser.add_argument("--rows-per-shard", type=int, default=125)
+    parser.add_argument("--spark", choices=("hook", "local"), default="hook", help="shared cluster or local[2]")
+    parser.add_argument("--data-dir", default=os.path.join(tempfile.gettempdir(), "abai-bench-preprocess"))
+    parser.add_argument("--json", help="also write the result here")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    width, height = (int(v) for v in args.size.split("x"))
+    source = os.path.join(args.data_dir, f"images-{args.count}-{width}x{height}")
+    paths = write_images(source, args.count, (width, height))
+
+    base_s = baseline(paths)
+    output = os.path.join(args.data_dir, "out")
+    op_s, shardset = run_operator(source, output, args.spark, args.rows_per_shard)
+    assert shardset["num_rows"] == len(paths), shardset
+    result = {
+        "images": len(paths),
+        "image_size": f"{width}x{height}",
+        "transform": "decode + RGB + resize 224x224 bilinear + CHW uint8",
+        "cpus": os.cpu_count(),
+        "baseline_s": round(base_s, 2),
+        "baseline_images_per_s": round(len(paths) / base_s, 1),
+        "operator_s": round(op_s, 2),
+        "operator_images_per_s": round(len(paths) / op_s, 1),
+        "ratio": round(base_s / op_s, 2),
+        "shards": shardset["num_shards"],
+        "spark": args.spark,
+    }
+    print(json.dumps(result, indent=1))
+    print(
+        f"operator {result['operator_images_per_s']} img/s vs one process {result['baseline_images_per_s']} img/s: "
+        f"ratio {result['ratio']}x (goal >= 1.5x)"
+    )
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(result, handle, indent=1)
+    return result
+
+
+if __name__ == "__main__":
+    main()
