@@ -1,0 +1,169 @@
+"""Configuration, endpoint record and on-disk state of the shared cluster (no Airflow, no engines).
+
+State directory layout (directory mode 0700):
+
+- ``token``          the cluster's auth token, mode 0600 (never logged, never on a command line)
+- ``config.json``    the ClusterConfig the service was started with (without the token)
+- ``service.json``   pid, create time and session id of the service process (written first thing by the service)
+- ``pids.json``      the service's descendant processes, refreshed periodically (used to clean up after a crash)
+- ``endpoint.json``  the published ClusterEndpoint (written atomically once both engines are up)
+- ``last_attach``    touched by every attach (the idle timeout counts from its mtime)
+- ``service.log``    the service's stdout/stderr
+- ``lock``           inter-process lock serialising starts
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+ENV_STATE_DIR = "AIRFLOW_BIGDATA_AI_STATE_DIR"
+
+
+class ClusterUnavailable(RuntimeError):
+    """The shared cluster is not reachable (remote mode) or could not be started (embedded mode)."""
+
+
+def default_state_dir() -> str:
+    env = os.environ.get(ENV_STATE_DIR)
+    if env:
+        return env
+    return os.path.join(os.path.expanduser("~"), ".cache", "airflow-bigdata-ai", "clusters", "default")
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """How to find (and, in embedded mode, start) the shared Spark application hosting Ray.
+
+    ``master="embedded"`` means a Spark ``local-cluster[...]`` sized from this machine; otherwise any Spark
+    master URL (``spark://``, ``yarn``, ``k8s://``). ``mode="remote"`` never starts anything: it only
+    attaches to the endpoint published in ``state_dir`` and names the endpoint that failed.
+    """
+
+    state_dir: str = field(default_factory=default_state_dir)
+    master: str = "embedded"
+    mode: str = "embedded"
+    ray_max_worker_nodes: int | None = None
+    ray_num_cpus_worker_node: int = 2
+    idle_timeout_s: float = 3600.0
+    auth_token: str | None = None
+    spark_conf: dict[str, str] = field(default_factory=dict)
+    start_timeout_s: float = 300.0
+    # Additions beyond the agreed API (defaults keep the agreed behaviour):
+    ray_min_worker_nodes: int = 0
+    ray_autoscale_idle_timeout_minutes: float = 0.25
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("embedded", "remote"):
+            raise ValueError(f"mode must be 'embedded' or 'remote', not {self.mode!r}")
+        if not self.state_dir:
+            object.__setattr__(self, "state_dir", default_state_dir())
+        object.__setattr__(self, "state_dir", os.path.abspath(os.path.expanduser(self.state_dir)))
+
+    def __repr__(self) -> str:  # never show the token
+        shown = {f.name: getattr(self, f.name) for f in fields(self)}
+        if shown.get("auth_token"):
+            shown["auth_token"] = "***"
+        return "ClusterConfig(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"
+
+    def to_public_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("auth_token", None)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ClusterConfig:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@dataclass(frozen=True)
+class ClusterEndpoint:
+    """The record a running service publishes in ``state_dir/endpoint.json`` (no secrets inside)."""
+
+    spark_connect_url: str
+    ray_address: str
+    spark_ui_url: str
+    ray_dashboard_url: str
+    pid: int
+    started_at: str
+    master: str
+    versions: dict[str, str]
+    cluster_id: str
+    pid_create_time: float = 0.0
+    spark_connect_port: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ClusterEndpoint:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+    def spark_connect_url_with_token(self, token: str) -> str:
+        return f"{self.spark_connect_url.rstrip('/')}/;token={token}"
+
+
+class StatePaths:
+    def __init__(self, state_dir: str) -> None:
+        self.root = os.path.abspath(os.path.expanduser(state_dir))
+        self.token = os.path.join(self.root, "token")
+        self.config = os.path.join(self.root, "config.json")
+        self.service = os.path.join(self.root, "service.json")
+        self.pids = os.path.join(self.root, "pids.json")
+        self.endpoint = os.path.join(self.root, "endpoint.json")
+        self.last_attach = os.path.join(self.root, "last_attach")
+        self.log = os.path.join(self.root, "service.log")
+        self.lock = os.path.join(self.root, "lock")
+
+    def ensure(self) -> None:
+        os.makedirs(self.root, mode=0o700, exist_ok=True)
+        os.chmod(self.root, 0o700)
+
+
+def write_json_atomic(path: str, data: Any, mode: int = 0o600) -> None:
+    tmp = f"{path}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(data, handle, indent=2, sort_keys=True)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def read_json(path: str) -> Any | None:
+    try:
+        with open(path) as handle:
+            return json.load(handle)
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def write_token(path: str, token: str) -> None:
+    tmp = f"{path}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(token)
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+
+
+def read_token(path: str) -> str | None:
+    try:
+        with open(path) as handle:
+            return handle.read().strip() or None
+    except FileNotFoundError:
+        return None
+
+
+def new_token() -> str:
+    return secrets.token_urlsafe(32)

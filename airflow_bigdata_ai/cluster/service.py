@@ -1,0 +1,301 @@
+"""The cluster service: one process owning the shared Spark application (Spark Connect + Ray on Spark).
+
+Run as ``python -m airflow_bigdata_ai.cluster serve --state-dir DIR --cluster-id ID`` (``ensure_cluster``
+does this, detached, in a session of its own). Never logs the token; the token never appears on a
+command line (Spark's launch arguments are visible in ``ps``), it is read from the 0600 token file.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import os
+import platform
+import signal
+import socket
+import sys
+import threading
+import time
+from typing import Any
+from urllib.parse import urlparse
+
+import psutil
+
+from airflow_bigdata_ai.cluster import procs
+from airflow_bigdata_ai.cluster.config import (
+    ClusterConfig,
+    ClusterEndpoint,
+    StatePaths,
+    read_json,
+    read_token,
+    write_json_atomic,
+)
+
+log = logging.getLogger("airflow_bigdata_ai.cluster.service")
+
+LOOPBACK = "127.0.0.1"
+APP_NAME = "airflow-bigdata-ai-shared-cluster"
+
+
+def free_port(host: str = LOOPBACK) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def embedded_layout(config: ClusterConfig) -> tuple[str, int]:
+    """``local-cluster[N,C,M]`` sized from this machine, and the default max Ray worker nodes.
+
+    Each executor gets one core more than a Ray worker node needs, so Spark jobs always find a task
+    slot even while Ray workers are up (ARCHITECTURE facts 3 and 14: ``local-cluster[2,3,3072]`` here).
+    """
+    ray_cpus = max(1, config.ray_num_cpus_worker_node)
+    cores = ray_cpus + 1
+    cpus = os.cpu_count() or 2
+    executors = max(2, cpus // cores)
+    total_mib = psutil.virtual_memory().total // (1024 * 1024)
+    memory = int(max(1024, min(16384, total_mib * 0.25 // executors)))
+    per_executor = max(1, (cores - 1) // ray_cpus)
+    return f"local-cluster[{executors},{cores},{memory}]", executors * per_executor
+
+
+def _is_loopback_master(master: str) -> bool:
+    if master.startswith(("local", "embedded")):
+        return True
+    host = urlparse(master).hostname or ""
+    return host in ("127.0.0.1", "localhost", "::1")
+
+
+def _setup_logging(cluster_id: str) -> None:
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stdout,
+        format=f"%(asctime)s %(levelname)s [service {cluster_id}] %(name)s: %(message)s",
+    )
+
+
+def _setup_env(token: str, loopback: bool) -> None:
+    venv_bin = os.path.dirname(sys.executable)
+    path = os.environ.get("PATH", "")
+    if path.split(os.pathsep)[:1] != [venv_bin]:
+        os.environ["PATH"] = venv_bin + os.pathsep + path
+    os.environ["PYSPARK_PYTHON"] = sys.executable
+    os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
+    if loopback:
+        os.environ["SPARK_LOCAL_IP"] = LOOPBACK
+    os.environ["RAY_AUTH_MODE"] = "token"
+    os.environ["RAY_AUTH_TOKEN"] = token
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    for name in ("NO_PROXY", "no_proxy"):
+        os.environ[name] = ",".join(filter(None, [os.environ.get(name, ""), "localhost", LOOPBACK]))
+    for name in ("SPARK_REMOTE", "SPARK_CONNECT_MODE_ENABLED", "RAY_ADDRESS", "PYSPARK_SUBMIT_ARGS"):
+        os.environ.pop(name, None)
+
+
+class _PidRecorder(threading.Thread):
+    """Keeps ``pids.json`` current so a crashed service can still be cleaned up by PID."""
+
+    def __init__(self, paths: StatePaths, sid: int) -> None:
+        super().__init__(name="pid-recorder", daemon=True)
+        self.paths, self.sid = paths, sid
+        self.stop_event = threading.Event()
+
+    def record(self) -> None:
+        seen: dict[int, float] = {}
+        for proc in procs.descendants(os.getpid()) + procs.session_members(self.sid, exclude=[os.getpid()]):
+            try:
+                seen[proc.pid] = proc.create_time()
+            except psutil.NoSuchProcess:
+                continue
+        previous = read_json(self.paths.pids) or []
+        for entry in procs.recorded(previous):
+            seen.setdefault(entry.pid, entry.create_time())
+        write_json_atomic(self.paths.pids, [{"pid": p, "create_time": c} for p, c in sorted(seen.items())])
+
+    def run(self) -> None:
+        while not self.stop_event.wait(3.0):
+            try:
+                self.record()
+            except Exception:  # bookkeeping must never kill the service
+                log.debug("pid record failed", exc_info=True)
+
+
+def serve(state_dir: str, cluster_id: str) -> int:
+    paths = StatePaths(state_dir)
+    paths.ensure()
+    _setup_logging(cluster_id)
+    me = psutil.Process()
+    sid = os.getsid(0)
+    write_json_atomic(
+        paths.service,
+        {"pid": me.pid, "create_time": me.create_time(), "sid": sid, "cluster_id": cluster_id},
+    )
+    config = ClusterConfig.from_dict(read_json(paths.config) or {"state_dir": state_dir})
+    token = read_token(paths.token)
+    if not token:
+        log.error("no token file in %s", paths.root)
+        return 2
+
+    stop_event = threading.Event()
+
+    def _on_signal(signum: int, _frame: Any) -> None:
+        log.info("signal %s received: stopping", signum)
+        stop_event.set()
+
+    recorder = _PidRecorder(paths, sid)
+    recorder.start()
+
+    if config.master in ("embedded", "", None):
+        master, default_max_workers = embedded_layout(config)
+    else:
+        master, default_max_workers = config.master, 0
+    loopback = _is_loopback_master(master)
+    _setup_env(token, loopback)
+    if master.startswith("local-cluster"):
+        os.environ.setdefault("SPARK_WORKER_DIR", os.path.join(paths.root, "spark-work"))
+    log.info("starting Spark application on %s", master)
+    t0 = time.monotonic()
+
+    from pyspark import SparkConf, SparkContext
+    from pyspark.sql import SparkSession
+
+    connect_port = free_port()
+    public_conf: dict[str, str] = {
+        "spark.app.name": APP_NAME,
+        "spark.master": master,
+        "spark.plugins": "org.apache.spark.sql.connect.SparkConnectPlugin",
+        "spark.connect.grpc.binding.address": LOOPBACK,
+        "spark.connect.grpc.binding.port": str(connect_port),
+        "spark.ui.port": str(free_port()),
+        "spark.ui.showConsoleProgress": "false",
+        "spark.driver.memory": "2g",
+        "spark.executorEnv.PYSPARK_PYTHON": sys.executable,
+        "spark.executorEnv.PATH": os.environ["PATH"],
+        "spark.executorEnv.RAY_AUTH_MODE": "token",
+        "spark.executorEnv.RAY_USAGE_STATS_ENABLED": "0",
+        "spark.pyspark.python": sys.executable,
+    }
+    if loopback:
+        public_conf.update({"spark.driver.host": LOOPBACK, "spark.driver.bindAddress": LOOPBACK})
+    public_conf.update({k: str(v) for k, v in config.spark_conf.items()})
+    # Secrets go into the SparkConf only after the JVM is up: launch arguments are visible in `ps`.
+    secret_conf = {
+        "spark.connect.authenticate.token": token,
+        "spark.executorEnv.RAY_AUTH_TOKEN": token,
+    }
+    launch_conf = SparkConf(loadDefaults=False).setAll(list(public_conf.items()))
+    SparkContext._ensure_initialized(conf=launch_conf)
+    builder = SparkSession.builder
+    for key, value in {**public_conf, **secret_conf}.items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    deadline = time.monotonic() + 60
+    while not port_open(LOOPBACK, connect_port) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if not port_open(LOOPBACK, connect_port):
+        log.error("Spark Connect did not open port %s", connect_port)
+        spark.stop()
+        return 3
+    t_spark = time.monotonic() - t0
+    log.info("Spark %s up in %.1f s; Spark Connect on %s:%s", spark.version, t_spark, LOOPBACK, connect_port)
+
+    from ray.util.spark import setup_ray_cluster, shutdown_ray_cluster
+
+    max_workers = config.ray_max_worker_nodes
+    if max_workers is None:
+        if default_max_workers:
+            max_workers = default_max_workers
+        else:
+            total_cores = spark.sparkContext.defaultParallelism
+            max_workers = max(1, total_cores // max(1, config.ray_num_cpus_worker_node) - 1)
+    min_workers = min(config.ray_min_worker_nodes, max_workers)
+    ray_address, _ = setup_ray_cluster(
+        max_worker_nodes=max_workers,
+        min_worker_nodes=min_workers,
+        num_cpus_worker_node=config.ray_num_cpus_worker_node,
+        num_gpus_worker_node=0,
+        num_cpus_head_node=0,
+        num_gpus_head_node=0,
+        autoscale_idle_timeout_minutes=config.ray_autoscale_idle_timeout_minutes,
+    )
+    # Our handlers replace Ray-on-Spark's (which would only shut Ray down and re-raise).
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    import ray.util.spark.cluster_init as cluster_init
+
+    active = cluster_init._active_ray_cluster
+    dashboard_port = getattr(active, "ray_dashboard_port", None)
+    t_ray = time.monotonic() - t0 - t_spark
+    log.info("Ray on Spark up in %.1f s at %s (max %s worker nodes)", t_ray, ray_address, max_workers)
+
+    import pyspark
+    import ray
+
+    ui = spark.sparkContext.uiWebUrl or ""
+    endpoint = ClusterEndpoint(
+        spark_connect_url=f"sc://localhost:{connect_port}",
+        ray_address=ray_address,
+        spark_ui_url=ui.replace(f"//{socket.gethostname()}", f"//{LOOPBACK}") if ui else "",
+        ray_dashboard_url=f"http://{ray_address.rsplit(':', 1)[0]}:{dashboard_port}" if dashboard_port else "",
+        pid=me.pid,
+        started_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        master=master,
+        versions={
+            "python": platform.python_version(),
+            "pyspark": pyspark.__version__,
+            "spark": spark.version,
+            "ray": ray.__version__,
+        },
+        cluster_id=cluster_id,
+        pid_create_time=me.create_time(),
+        spark_connect_port=connect_port,
+    )
+    try:
+        recorder.record()
+    except Exception:
+        log.debug("pid record failed", exc_info=True)
+    write_json_atomic(paths.endpoint, endpoint.to_dict(), mode=0o644)
+    log.info("endpoint published: %s", json.dumps({k: v for k, v in endpoint.to_dict().items() if k != "versions"}))
+    log.info("cold start %.1f s (Spark %.1f s + Ray %.1f s)", t_spark + t_ray, t_spark, t_ray)
+
+    started = time.time()
+    while not stop_event.wait(1.0):
+        if config.idle_timeout_s and config.idle_timeout_s > 0:
+            try:
+                last = max(started, os.path.getmtime(paths.last_attach))
+            except OSError:
+                last = started
+            if time.time() - last > config.idle_timeout_s:
+                log.info("idle for more than %.0f s: stopping", config.idle_timeout_s)
+                break
+
+    log.info("shutting down")
+    try:
+        current = read_json(paths.endpoint) or {}
+        if current.get("cluster_id") == cluster_id:
+            os.unlink(paths.endpoint)
+    except OSError:
+        pass
+    try:
+        shutdown_ray_cluster()
+    except Exception:
+        log.warning("shutdown_ray_cluster failed", exc_info=True)
+    try:
+        spark.stop()
+    except Exception:
+        log.warning("spark.stop failed", exc_info=True)
+    recorder.stop_event.set()
+    leftovers = procs.descendants(me.pid) + procs.session_members(sid, exclude=[me.pid])
+    killed = procs.terminate({p.pid: p for p in leftovers}.values(), grace_s=5.0)
+    log.info("stopped; %d leftover processes ended (%d needed SIGKILL)", len(leftovers), len(killed))
+    logging.shutdown()
+    return 0
