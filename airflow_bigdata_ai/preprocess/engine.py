@@ -9,6 +9,8 @@ on the shard number -> ``mapInArrow`` that writes shards and returns summary row
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -110,6 +112,34 @@ def _process_partition(job: ShardJob) -> Callable[[Iterator[pa.RecordBatch]], It
     return process_fn
 
 
+def _installed(module_file: str | None) -> bool:
+    """True for code every executor can import: site-packages, and this package itself."""
+    if not module_file:
+        return True  # built-in or namespace module
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    path = os.path.abspath(module_file)
+    return (
+        "site-packages" in path.split(os.sep) or "dist-packages" in path.split(os.sep) or path.startswith(package_root)
+    )
+
+
+def ship_by_value(transform: object) -> None:
+    """Make a user callable from a DAG file, notebook or test module travel by value to the executors.
+
+    cloudpickle pickles functions of importable modules by reference; DAG files (loaded by Airflow under
+    generated module names) and test modules are importable on the driver only.
+    """
+    if not callable(transform) or isinstance(transform, type):
+        return
+    name = getattr(transform, "__module__", None)
+    module = sys.modules.get(name or "")
+    if module is None or name == "__main__" or _installed(getattr(module, "__file__", None)):
+        return
+    from pyspark import cloudpickle
+
+    cloudpickle.register_pickle_by_value(module)
+
+
 def _reraise_source_error(exc: Exception) -> None:
     """Executor exceptions arrive as Spark errors with the Python traceback in the text."""
     text = str(exc)
@@ -130,6 +160,7 @@ def run_spark(
 ) -> list[dict[str, Any]]:
     """Run ``job`` data-parallel; returns the summary rows. ``tag`` lets ``interruptTag`` cancel just this."""
     start = time.monotonic()
+    ship_by_value(job.transform)
     if tag:
         spark.addTag(tag)
     try:

@@ -57,6 +57,11 @@ def spark(attached: Any) -> Any:
     return attached.spark()
 
 
+def brighter(image: Image.Image) -> np.ndarray:
+    """Module-level user function in a module executors cannot import: must travel by value."""
+    return np.minimum(np.asarray(image, dtype=np.uint16) + 10, 255).astype(np.uint8)[None]
+
+
 def _checksums(store: Any, shardset: ShardSet) -> list[str]:
     return [s.sha256 for s in load_manifest(store, shardset).shards]
 
@@ -127,6 +132,13 @@ def test_five_percent_corrupted_exact_reasons_and_threshold(spark, data, tmp_pat
         "bad_label=15, decompression_bomb=15, truncated=15, undecodable=15, wrong_channels=15, zero_bytes=15" in message
     )
     assert "Examples: file://" in message and "quarantine.json" in message
+
+
+def test_user_function_from_non_installed_module(spark, data, tmp_path):
+    out = str(tmp_path / "out")
+    shardset = preprocess(data["png"], out, spark=spark, transform=brighter, rows_per_shard=600)
+    assert shardset.num_rows == 1797 and shardset.schema["image"] == "tensor<uint8>[1,8,8]"
+    _assert_samples_match(open_store(out), shardset, data["png"], brighter)
 
 
 def test_missing_source_fails_as_infrastructure(spark, tmp_path):
