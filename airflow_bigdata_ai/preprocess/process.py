@@ -7,7 +7,9 @@ which partition, executor or attempt ran it: retries and speculative copies writ
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -138,6 +140,24 @@ def build_table(
     return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
 
 
+def prefetch(read: Callable[[str], bytes], uris: list[str], window: int) -> Iterator[bytes]:
+    """Read ``uris`` in order with up to ``window`` reads in flight (object stores are latency-bound).
+
+    Bounded, so a shard of large files never sits in memory at once; errors surface in order.
+    """
+    if window <= 1:
+        yield from (read(uri) for uri in uris)
+        return
+    with ThreadPoolExecutor(max_workers=window, thread_name_prefix="abai-read") as pool:
+        pending: deque[Future[bytes]] = deque()
+        for uri in uris:
+            pending.append(pool.submit(read, uri))
+            if len(pending) >= window:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
 def _parse_label(raw: Any) -> int:
     if raw is None or isinstance(raw, bool):
         raise ValueError(raw)
@@ -163,6 +183,7 @@ class ShardJob:
     transform: TransformLike = None
     guards: ImageGuards = field(default_factory=ImageGuards)
     output_spec: dict[str, tuple[Any, ...]] | None = None
+    read_ahead: int = 8
     _fn: Callable[[Any], Any] | None = field(default=None, repr=False)
 
     def __getstate__(self) -> dict[str, Any]:
@@ -219,11 +240,13 @@ class ShardJob:
     def _records(self, units: list[dict[str, Any]]) -> Iterable[tuple[str, str, int | None, Any]]:
         """(record_id, uri, label, payload) where payload is bytes or Quarantined or a row dict."""
         if self.source.format == "images":
+            to_read = [u["uri"] for u in units if not u.get("label_error")]
+            contents = prefetch(self.source_store.read_bytes, to_read, self.read_ahead)
             for unit in units:
                 if unit.get("label_error"):
                     yield unit["record_id"], unit["uri"], None, Quarantined(BAD_LABEL, unit["label_error"])
                     continue
-                data = self.source_store.read_bytes(unit["uri"])  # infrastructure errors raise here
+                data = next(contents)  # infrastructure errors (missing object, S3 error) raise here
                 yield unit["record_id"], unit["uri"], unit["label"], data
             return
         for unit in units:
