@@ -1,0 +1,1 @@
+"""Model factories and the verified weight loader (no Airflow imports)."""

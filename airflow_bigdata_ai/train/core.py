@@ -1,0 +1,320 @@
+"""``train()``: data-parallel PyTorch on the attached Ray cluster, fed from a ShardSet, returning a ModelRef.
+
+No Airflow import: the operator, notebooks and tests call the same function. The caller connects Ray first
+(``AttachedCluster.ray()`` or ``ray.init``). Layout under the shard store root::
+
+    _checkpoints/<dag_id>/<task_id>/<run_id>/   run.json (settings fingerprint), ray/ (Ray Train checkpoints),
+                                                events/<fit_id>/ (progress), result.json (final ModelRef)
+    <dag_id>/<task_id>/ds=<date>/weights/model-<sha>.pt   the trained state dict (content-addressed)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+from airflow_bigdata_ai.shards.dataset import load_manifest, output_uri, shard_uris
+from airflow_bigdata_ai.shards.paths import StoreURI
+from airflow_bigdata_ai.shards.refs import ModelRef, Producer, ShardSet
+from airflow_bigdata_ai.shards.tensors import tensor_spec
+from airflow_bigdata_ai.train.config import EpochProgress, RunKey, TrainConfig
+from airflow_bigdata_ai.train.loop import LoopSpec, split_batch, train_loop
+
+if TYPE_CHECKING:
+    from airflow_bigdata_ai.shards.store import ShardStore
+
+log = logging.getLogger(__name__)
+RAY_RUN_NAME = "ray"
+CACHE_LIMIT_BYTES = 512 * 1024 * 1024
+
+
+class TrainingFailed(RuntimeError):
+    """Ray Train gave up (more worker failures than ``max_failures``, or an error in the loop)."""
+
+
+def checkpoint_uri(store: ShardStore, run: RunKey) -> StoreURI:
+    return store.root.join(run.checkpoint_relpath())
+
+
+def has_checkpoint(store: ShardStore, run: RunKey) -> bool:
+    """True when a previous attempt of this run left a Ray Train checkpoint to resume from."""
+    base = checkpoint_uri(store, run).join(RAY_RUN_NAME)
+    return any("/checkpoint_" in u.path and u.path.endswith("state.pt") for u in store.list(base))
+
+
+def read_result(store: ShardStore, run: RunKey) -> ModelRef | None:
+    """The ModelRef a finished attempt of this run recorded, if any."""
+    uri = checkpoint_uri(store, run).join("result.json")
+    return ModelRef.from_json(store.read_bytes(uri)) if store.exists(uri) else None
+
+
+def _prepare_checkpoint_dir(store: ShardStore, run: RunKey, fingerprint: str) -> bool:
+    """Keep earlier checkpoints only if they were made with the same settings. Returns True if resumable."""
+    base = checkpoint_uri(store, run)
+    run_file = base.join("run.json")
+    if store.exists(run_file):
+        previous = json.loads(store.read_bytes(run_file))
+        if previous.get("fingerprint") != fingerprint:
+            log.warning("settings changed since the last attempt of %s: discarding its checkpoints", run.run_id)
+            store.delete_prefix(base)
+    resumable = has_checkpoint(store, run)
+    store.write_bytes(run_file, json.dumps({"fingerprint": fingerprint, "run": run.__dict__}).encode())
+    return resumable
+
+
+class _EventWatcher:
+    """Tails the events rank 0 writes to the store and turns them into log lines and progress callbacks."""
+
+    def __init__(
+        self, store: ShardStore, events: StoreURI, epochs: int, progress: Callable[[EpochProgress], None] | None
+    ) -> None:
+        self.store, self.events, self.epochs, self.progress = store, events, epochs, progress
+        self.seen: set[str] = set()
+        self.starts: list[int] = []
+        self.last_epoch: dict[str, Any] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="train-progress", daemon=True)
+
+    def __enter__(self) -> _EventWatcher:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        self.poll()
+
+    def _run(self) -> None:
+        while not self._stop.wait(1.0):
+            try:
+                self.poll()
+            except Exception:  # a flaky listing must not kill training; the final poll retries
+                log.debug("progress poll failed", exc_info=True)
+
+    def poll(self) -> None:
+        for uri in self.store.list(self.events):
+            if uri.name in self.seen:
+                continue
+            self.seen.add(uri.name)
+            event = json.loads(self.store.read_bytes(uri))
+            if event["type"] == "start":
+                self.starts.append(int(event["start_epoch"]))
+                if len(self.starts) > 1 or event["start_epoch"] > 0:
+                    log.warning(
+                        "training (re)started at epoch %d (worker-group restart %d in this attempt)",
+                        event["start_epoch"],
+                        len(self.starts) - 1,
+                    )
+                else:
+                    log.info("training started with %d workers", event.get("world_size", 0))
+            elif event["type"] == "epoch":
+                self.last_epoch = event
+                line = EpochProgress(
+                    epoch=int(event["epoch"]),
+                    epochs=self.epochs,
+                    train_loss=float(event["train_loss"]),
+                    val_loss=float(event["val_loss"]),
+                    val_accuracy=float(event["val_accuracy"]),
+                    samples_per_s=float(event["samples_per_s"]),
+                    epoch_seconds=float(event["epoch_seconds"]),
+                    restarts=self.restarts,
+                )
+                log.info("%s", line.line())
+                if self.progress is not None:
+                    self.progress(line)
+
+    @property
+    def restarts(self) -> int:
+        return max(len(self.starts) - 1, 0)
+
+
+def _read_dataset(store: ShardStore, shardset: ShardSet, columns: list[str]) -> Any:
+    """A lazy Ray Dataset over the shard files: read by the cluster, never by this process."""
+    import ray.data
+
+    paths = [store.arrow_path(uri) for uri in shard_uris(store, shardset)]
+    return ray.data.read_parquet(paths, filesystem=store.arrow_filesystem(), columns=columns)
+
+
+def train(
+    train_data: ShardSet | dict[str, Any] | str,
+    store: ShardStore,
+    model_factory: str,
+    *,
+    config: TrainConfig,
+    run: RunKey,
+    factory_kwargs: dict[str, Any] | None = None,
+    validation_data: ShardSet | dict[str, Any] | str | None = None,
+    output_root: str | None = None,
+    progress: Callable[[EpochProgress], None] | None = None,
+) -> ModelRef:
+    """Train ``model_factory``'s model on ``train_data`` with Ray Train; resume this run's last checkpoint.
+
+    Requires a connected Ray (``ray.is_initialized()``). Blocks until training finishes and returns the
+    ModelRef (also recorded as ``result.json`` beside the checkpoints).
+    """
+    import ray
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    if not ray.is_initialized():
+        raise RuntimeError("connect to the cluster first (AttachedCluster.ray() or ray.init(address=...))")
+    shardset = ShardSet.coerce(train_data)
+    manifest = load_manifest(store, shardset)  # verifies the manifest sha256 before anything runs
+    schema = manifest.pa_schema()
+    for column in (config.feature_column, config.label_column):
+        if column not in schema.names:
+            raise ValueError(f"training data has no column {column!r}; columns: {schema.names}")
+    spec_tuple = tensor_spec(schema.field(config.feature_column))
+    if spec_tuple is None:
+        raise ValueError(f"column {config.feature_column!r} is not a tensor column (no shape/dtype metadata)")
+    feature_shape, feature_dtype = spec_tuple
+    columns = [config.feature_column, config.label_column]
+
+    val_set = ShardSet.coerce(validation_data) if validation_data is not None else None
+    if val_set is not None:
+        train_ds = _read_dataset(store, shardset, columns)
+        val_ds = _read_dataset(store, val_set, columns)
+    elif config.val_fraction > 0:
+        if config.id_column not in schema.names:
+            raise ValueError(f"val_fraction needs an id column {config.id_column!r} (or pass validation_data)")
+        full = _read_dataset(store, shardset, [config.id_column, *columns])
+        split = partial(split_batch, id_column=config.id_column, fraction=config.val_fraction)
+        train_ds = full.map_batches(partial(split, want_val=False), batch_format="pyarrow")
+        val_ds = full.map_batches(partial(split, want_val=True), batch_format="pyarrow")
+    else:
+        train_ds, val_ds = _read_dataset(store, shardset, columns), None
+
+    cache = config.cache_data if config.cache_data is not None else shardset.total_bytes < CACHE_LIMIT_BYTES
+    if cache:  # executed on the cluster; this process holds only block references
+        train_ds = train_ds.materialize()
+        val_ds = val_ds.materialize() if val_ds is not None else None
+
+    fingerprint = f"{config.fingerprint()}-{shardset.manifest_sha256[:12]}-{model_factory}"
+    resumable = _prepare_checkpoint_dir(store, run, fingerprint)
+    base = checkpoint_uri(store, run)
+    fit_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
+    events = base.join(f"events/{fit_id}")
+    out_dir = output_uri(output_root or str(store.root), run.dag_id, run.task_id, run.logical_date)
+    spec = LoopSpec(
+        config=config,
+        model_factory=model_factory,
+        factory_kwargs=dict(factory_kwargs or {}),
+        feature_shape=tuple(feature_shape),
+        feature_dtype=feature_dtype.name,
+        store=store,
+        events_uri=str(events),
+        weights_dir_uri=str(store.resolve(out_dir).join("weights")),
+        fingerprint=fingerprint,
+        has_val=val_ds is not None,
+    )
+    datasets = {"train": train_ds} | ({"val": val_ds} if val_ds is not None else {})
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config={"spec": spec},
+        torch_config=TorchConfig(backend="gloo"),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=config.num_workers, use_gpu=False, resources_per_worker=dict(config.resources_per_worker)
+        ),
+        run_config=ray.train.RunConfig(
+            name=RAY_RUN_NAME,
+            storage_path=store.arrow_path(base),
+            storage_filesystem=store.arrow_filesystem(),
+            failure_config=ray.train.FailureConfig(max_failures=config.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+        ),
+        datasets=datasets,
+    )
+    log.info(
+        "training %s on %s (%d rows, %d shards) with %d workers; %s",
+        model_factory,
+        shardset.manifest_uri,
+        shardset.num_rows,
+        shardset.num_shards,
+        config.num_workers,
+        "resuming from the last checkpoint" if resumable else "no checkpoint to resume",
+    )
+    started = time.perf_counter()
+    with _EventWatcher(store, events, config.epochs, progress) as watcher:
+        try:
+            result = trainer.fit()
+        except Exception as exc:
+            raise TrainingFailed(f"Ray Train failed for run {run.run_id}: {exc}") from exc
+    if getattr(result, "error", None) is not None:
+        raise TrainingFailed(f"Ray Train failed for run {run.run_id}: {result.error}")
+    metrics = dict(result.metrics or {})
+    if "weights_uri" not in metrics:
+        raise TrainingFailed("training finished without writing weights (no final epoch report from rank 0)")
+    first_start = watcher.starts[0] if watcher.starts else 0
+    ref = ModelRef(
+        weights_uri=metrics["weights_uri"],
+        weights_sha256=metrics["weights_sha256"],
+        model_factory=model_factory,
+        input_shape=[1, *[int(d) for d in feature_shape]],
+        factory_kwargs=dict(factory_kwargs or {}),
+        metrics={
+            "val_accuracy": metrics["val_accuracy"],
+            "val_loss": metrics["val_loss"],
+            "train_loss": metrics["train_loss"],
+            "samples_per_s": metrics["samples_per_s"],
+            "epoch_seconds": metrics["epoch_seconds"],
+            "epochs": config.epochs,
+            "restarts": watcher.restarts,
+            "resumed_from_epoch": first_start,
+            "num_workers": config.num_workers,
+            "wall_seconds": round(time.perf_counter() - started, 3),
+            "val_samples": metrics["val_samples"],
+        },
+        trained_on=shardset.to_dict(),
+        producer=Producer(
+            dag_id=run.dag_id,
+            task_id=run.task_id,
+            run_id=run.run_id,
+            logical_date=run.logical_date,
+            try_number=run.try_number,
+        ),
+    )
+    store.write_bytes(base.join("result.json"), ref.to_json().encode())
+    store.delete_prefix(base.join(RAY_RUN_NAME))  # done: a cleared task trains afresh
+    return ref
+
+
+def stop_current_job(timeout: float = 30.0) -> list[str]:
+    """Stop everything this Ray driver started (trainer controller, workers, Ray Data) and disconnect.
+
+    Non-detached actors are fate-shared with their driver, so disconnecting ends them; we then wait until the
+    cluster reports none of this job's actors alive. Returns the ids of actors still alive after ``timeout``.
+    """
+    import ray
+
+    if not ray.is_initialized():
+        return []
+    job_id = ray.get_runtime_context().get_job_id()
+    ray.shutdown()
+    return wait_job_actors_gone(job_id, timeout)
+
+
+def wait_job_actors_gone(job_id: str, timeout: float = 30.0, address: str | None = None) -> list[str]:
+    """Actor ids of ``job_id`` still ALIVE after waiting up to ``timeout`` (empty list = clean)."""
+    from ray.util.state import list_actors
+
+    deadline = time.monotonic() + timeout
+    alive: list[str] = []
+    while True:
+        try:
+            actors = list_actors(
+                address=address, filters=[("job_id", "=", job_id)], limit=1000, raise_on_missing_output=False
+            )
+            alive = [a.actor_id for a in actors if a.state not in ("DEAD",)]
+        except Exception:  # state API unreachable (no dashboard): nothing more we can check
+            log.debug("could not list actors", exc_info=True)
+            return []
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(1.0)

@@ -1,0 +1,267 @@
+"""The per-worker training loop Ray Train runs on every worker (imported on the cluster, never in Airflow).
+
+Each worker streams its own split of the shards (``get_dataset_shard``), so no record passes through the
+driver. Rank 0 writes the checkpoint each epoch (Ray Train persists it to the shard store), progress events,
+and at the end the state dict the ModelRef names.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tempfile
+import time
+import uuid
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+
+from airflow_bigdata_ai.models.loading import build_model, import_factory
+from airflow_bigdata_ai.shards.tensors import decode_tensors
+from airflow_bigdata_ai.train.config import TrainConfig
+
+if TYPE_CHECKING:
+    import torch
+
+    from airflow_bigdata_ai.shards.store import ShardStore
+
+STATE_FILE = "state.pt"
+
+
+@dataclass
+class LoopSpec:
+    """Everything a worker needs, shipped once through ``train_loop_config`` (small, picklable)."""
+
+    config: TrainConfig
+    model_factory: str
+    factory_kwargs: dict[str, Any]
+    feature_shape: tuple[int, ...]
+    feature_dtype: str
+    store: ShardStore
+    events_uri: str
+    weights_dir_uri: str
+    fingerprint: str
+    has_val: bool
+
+
+@dataclass
+class StepContext:
+    """What a per-batch train step sees. A custom step must run backward and the optimizer step itself."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    loss_fn: Callable[..., torch.Tensor]
+    inputs: torch.Tensor
+    targets: torch.Tensor
+    epoch: int
+    batch_index: int
+    world_rank: int
+    world_size: int
+
+
+def default_train_step(ctx: StepContext) -> torch.Tensor:
+    """Plain supervised step: forward, loss, backward, optimizer step. Returns the (detached) batch loss."""
+    ctx.optimizer.zero_grad(set_to_none=True)
+    loss = ctx.loss_fn(ctx.model(ctx.inputs), ctx.targets)
+    loss.backward()
+    ctx.optimizer.step()
+    return loss.detach()
+
+
+def resolve_step(step: Any) -> Callable[[StepContext], Any]:
+    if step is None:
+        return default_train_step
+    if isinstance(step, str):
+        return import_factory(step)
+    return step  # type: ignore[no-any-return]
+
+
+def make_loss(name: str) -> Callable[..., torch.Tensor]:
+    import torch.nn.functional as F
+
+    if name == "cross_entropy":
+        return F.cross_entropy
+    if name == "nll":
+        return F.nll_loss
+
+    def mse(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if outputs.ndim == 2 and targets.ndim == 1:  # class labels against per-class outputs
+            targets = F.one_hot(targets, outputs.shape[1])
+        return F.mse_loss(outputs, targets.to(outputs.dtype))
+
+    return mse
+
+
+def make_optimizer(config: TrainConfig, params: Any) -> torch.optim.Optimizer:
+    import torch
+
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def split_batch(table: pa.Table, *, id_column: str, fraction: float, want_val: bool) -> pa.Table:
+    """Deterministic train/validation split by a hash of the record id: stable across shards and reruns."""
+    threshold = int(fraction * 10_000)
+    ids = table.column(id_column).to_pylist()
+    mask = [(zlib.crc32(str(i).encode()) % 10_000 < threshold) == want_val for i in ids]
+    return table.filter(pa.array(mask, type=pa.bool_()))
+
+
+def batch_to_tensors(table: pa.Table, spec: LoopSpec) -> tuple[torch.Tensor, torch.Tensor]:
+    """Arrow batch -> (inputs, targets). uint8 images are scaled to [0, 1]; other dtypes become float32."""
+    import torch
+
+    cfg = spec.config
+    array = decode_tensors(table.column(cfg.feature_column), spec.feature_shape, spec.feature_dtype)
+    inputs = torch.from_numpy(array.astype(np.float32) / 255.0 if array.dtype == np.uint8 else array.astype(np.float32))
+    targets = torch.from_numpy(np.array(table.column(cfg.label_column).to_numpy(zero_copy_only=False), np.int64))
+    return inputs, targets
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return getattr(model, "module", model)
+
+
+def write_event(spec: LoopSpec, kind: str, **payload: Any) -> None:
+    """Progress for the driver: one small JSON object per event, names sort by time."""
+    body = json.dumps({"type": kind, "time": time.time(), **payload}).encode()
+    name = f"{time.time_ns():020d}-{uuid.uuid4().hex[:6]}.json"
+    spec.store.write_bytes(spec.store.resolve(spec.events_uri).join(name), body)
+
+
+def _all_reduce(values: list[float]) -> list[float]:
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return values
+    tensor = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(tensor)
+    return [float(v) for v in tensor.tolist()]
+
+
+def _evaluate(model: torch.nn.Module, spec: LoopSpec, loss_fn: Callable[..., torch.Tensor]) -> list[float]:
+    import ray.train
+    import torch
+
+    loss_sum = correct = total = 0.0
+    if not spec.has_val:
+        return [0.0, 0.0, 0.0]
+    model.eval()
+    with torch.no_grad():
+        iterator = ray.train.get_dataset_shard("val")
+        for table in iterator.iter_batches(batch_size=max(spec.config.batch_size, 256), batch_format="pyarrow"):
+            if table.num_rows == 0:
+                continue
+            inputs, targets = batch_to_tensors(table, spec)
+            outputs = model(inputs)
+            loss_sum += float(loss_fn(outputs, targets)) * len(targets)
+            if outputs.ndim == 2:
+                correct += float((outputs.argmax(dim=1) == targets).sum())
+            total += len(targets)
+    return [loss_sum, correct, total]
+
+
+def train_loop(loop_config: dict[str, Any]) -> None:
+    """Ray Train entry point (runs once per worker, again after a worker-group restart)."""
+    import ray.train
+    import ray.train.torch
+    import torch
+
+    spec: LoopSpec = loop_config["spec"]
+    cfg = spec.config
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    torch.manual_seed(cfg.seed)
+    model = ray.train.torch.prepare_model(build_model(spec.model_factory, spec.factory_kwargs))
+    optimizer = make_optimizer(cfg, model.parameters())
+    loss_fn = make_loss(cfg.loss)
+    step = resolve_step(cfg.train_step)
+
+    start_epoch, history = 0, []
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            state = torch.load(os.path.join(directory, STATE_FILE), map_location="cpu", weights_only=True)
+        if state.get("fingerprint") == spec.fingerprint:
+            _unwrap(model).load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            start_epoch = int(state["epoch"]) + 1
+            history = json.loads(state.get("history", "[]"))
+    if rank == 0:
+        write_event(spec, "start", start_epoch=start_epoch, world_size=world, resumed=checkpoint is not None)
+
+    train_iterator = ray.train.get_dataset_shard("train")
+    for epoch in range(start_epoch, cfg.epochs):
+        model.train()
+        started = time.perf_counter()
+        loss_sum = seen = 0.0
+        batches = train_iterator.iter_batches(
+            batch_size=cfg.batch_size,
+            batch_format="pyarrow",
+            local_shuffle_buffer_size=cfg.shuffle_buffer or None,
+            local_shuffle_seed=cfg.seed * 1000 + epoch + rank if cfg.shuffle_buffer else None,
+        )
+        for index, table in enumerate(batches):
+            inputs, targets = batch_to_tensors(table, spec)
+            ctx = StepContext(model, optimizer, loss_fn, inputs, targets, epoch, index, rank, world)
+            loss = step(ctx)
+            loss_sum += float(loss) * len(targets)
+            seen += len(targets)
+        train_seconds = time.perf_counter() - started
+        val = _evaluate(model, spec, loss_fn)
+        loss_sum, seen, val_loss, val_correct, val_total = _all_reduce([loss_sum, seen, *val])
+        epoch_seconds = time.perf_counter() - started
+        metrics = {
+            "epoch": epoch,
+            "train_loss": loss_sum / max(seen, 1.0),
+            "val_loss": val_loss / max(val_total, 1.0),
+            "val_accuracy": val_correct / max(val_total, 1.0),
+            "val_samples": int(val_total),
+            "train_samples": int(seen),
+            "samples_per_s": seen / max(train_seconds, 1e-9),
+            "epoch_seconds": epoch_seconds,
+        }
+        history.append({k: metrics[k] for k in ("epoch", "train_loss", "val_accuracy", "epoch_seconds")})
+        last = epoch == cfg.epochs - 1
+        if last and rank == 0:
+            metrics.update(_write_weights(spec, _unwrap(model)))
+        if (last or (epoch + 1) % cfg.checkpoint_every == 0) and rank == 0:
+            with tempfile.TemporaryDirectory() as directory:
+                torch.save(
+                    {
+                        "model": _unwrap(model).state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "epoch": epoch,
+                        "fingerprint": spec.fingerprint,
+                        "history": json.dumps(history),
+                    },
+                    os.path.join(directory, STATE_FILE),
+                )
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
+        else:
+            ray.train.report(metrics)
+        if rank == 0:
+            write_event(spec, "epoch", **metrics)
+
+
+def _write_weights(spec: LoopSpec, model: torch.nn.Module) -> dict[str, Any]:
+    """Final state dict, content-addressed, straight from rank 0 to the store (never via the driver)."""
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    data = buffer.getvalue()
+    digest = hashlib.sha256(data).hexdigest()
+    uri = spec.store.resolve(spec.weights_dir_uri).join(f"model-{digest[:16]}.pt")
+    spec.store.write_bytes(uri, data)
+    return {"weights_uri": str(uri), "weights_sha256": digest, "weights_bytes": len(data)}
