@@ -1,0 +1,490 @@
+"""run_inference: the Airflow-free core of OpenVINOInferOperator.
+
+Plan: verify the ModelRef's weights (sha256) -> check shapes -> fetch or build the OpenVINO IR (cached
+beside the model) -> accuracy gate on a held-out sample when labels exist -> one job per input shard,
+run by an engine (Ray Data actor pool, Spark ``mapInArrow`` over Spark Connect, or in-process) where each
+worker compiles once, reads its shard straight from the store, predicts and writes the output shard
+itself -> commit the predictions ShardSet. Only summary rows come back to the caller.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+
+from airflow_bigdata_ai.infer import ir as irmod
+from airflow_bigdata_ai.infer.errors import AccuracyGateFailed, InputShapeRejected
+from airflow_bigdata_ai.infer.model import check_input_shape, load_verified_model, read_verified_weights
+from airflow_bigdata_ai.shards.dataset import ShardInfo, ShardWriter, load_manifest, read_shard
+from airflow_bigdata_ai.shards.refs import ModelRef, Producer, ShardSet
+from airflow_bigdata_ai.shards.tensors import decode_tensors, encode_tensors, tensor_field, tensor_spec
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+    from airflow_bigdata_ai.infer.runtime import Predictor
+    from airflow_bigdata_ai.shards.store import ShardStore
+
+log = logging.getLogger(__name__)
+
+ENGINES = ("ray", "spark", "local")
+ON_ACCURACY_DROP = ("fail", "fallback")
+SUMMARY_SCHEMA = pa.schema(
+    [
+        ("shard", pa.int64()),
+        ("path", pa.string()),
+        ("rows", pa.int64()),
+        ("bytes", pa.int64()),
+        ("sha256", pa.string()),
+        ("labelled", pa.int64()),
+        ("correct", pa.int64()),
+        ("infer_s", pa.float64()),
+        ("runtime_precision", pa.string()),
+    ]
+)
+SUMMARY_DDL = (
+    "shard bigint, path string, rows bigint, bytes bigint, sha256 string, labelled bigint, correct bigint, "
+    "infer_s double, runtime_precision string"
+)
+ITEM_DDL = "shard bigint, path string, rows bigint, sha256 string"
+
+
+@dataclass(frozen=True)
+class InferOptions:
+    """Everything a caller may tune; defaults suit the 2-core embedded cluster."""
+
+    precision: str = "f32"
+    engine: str = "ray"
+    max_accuracy_drop: float = 1.0  # percentage points
+    on_accuracy_drop: str = "fail"
+    image_column: str = "image"
+    id_column: str = "record_id"
+    label_column: str = "label"
+    calibration_samples: int = 128
+    holdout_samples: int = 512
+    request_batch: int | None = None
+    num_workers: int = 1
+    cpus_per_worker: float = 1.0
+    threads_per_worker: int | None = None
+    seed: int = 0
+
+    def validate(self) -> InferOptions:
+        irmod.check_precision(self.precision)
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine must be one of {ENGINES}, got {self.engine!r}")
+        if self.on_accuracy_drop not in ON_ACCURACY_DROP:
+            raise ValueError(f"on_accuracy_drop must be one of {ON_ACCURACY_DROP}, got {self.on_accuracy_drop!r}")
+        if not 0 <= self.max_accuracy_drop <= 100:
+            raise ValueError(f"max_accuracy_drop is in percentage points (0..100), got {self.max_accuracy_drop}")
+        for name in ("calibration_samples", "holdout_samples", "num_workers"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        return self
+
+
+@dataclass
+class InferResult:
+    """The committed predictions and the summary the operator puts in XCom."""
+
+    shardset: ShardSet
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.shardset.to_dict(), "summary": self.summary}
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    """What a worker needs to predict shards: picklable, no data, no model bytes (read from the store)."""
+
+    input_store: ShardStore
+    input_dataset_uri: str
+    writer: ShardWriter
+    ir: irmod.IRHandle
+    precision: str
+    input_shape: tuple[int, ...]
+    image_column: str
+    id_column: str
+    label_column: str | None
+    request_batch: int | None
+    threads: int | None
+    output_schema_hex: str
+
+    @property
+    def output_schema(self) -> pa.Schema:
+        return pa.ipc.read_schema(pa.py_buffer(bytes.fromhex(self.output_schema_hex)))
+
+    def predictor(self) -> Predictor:
+        from airflow_bigdata_ai.infer.runtime import Predictor
+
+        return Predictor.from_ir(
+            self.ir, self.input_shape, self.precision, request_batch=self.request_batch, threads=self.threads
+        )
+
+    def process(self, predictor: Predictor, item: dict[str, Any]) -> dict[str, Any]:
+        """Read one input shard (sha256-verified), predict, write the output shard; return its summary row."""
+        info = ShardInfo(path=item["path"], rows=int(item["rows"]), bytes=0, sha256=item["sha256"])
+        table = read_shard(self.input_store, self.input_dataset_uri, info)
+        images = decode_tensors(table.column(self.image_column), self.input_shape, _dtype(table, self.image_column))
+        start = time.perf_counter()
+        logits = predictor.predict(images)
+        infer_s = time.perf_counter() - start
+        out = predictions_table(table, logits, self.output_schema, self.id_column, self.label_column)
+        written = self.writer.write_table(int(item["shard"]), out)
+        labelled = correct = 0
+        if self.label_column:
+            labels = table.column(self.label_column).to_numpy(zero_copy_only=False)
+            mask = ~np.isnan(labels.astype(np.float64)) if labels.dtype.kind == "f" else np.ones(len(labels), bool)
+            labelled = int(mask.sum())
+            correct = int((out.column("predicted").to_numpy()[mask] == labels[mask]).sum())
+        return {
+            "shard": int(item["shard"]),
+            "path": written.path,
+            "rows": written.rows,
+            "bytes": written.bytes,
+            "sha256": written.sha256,
+            "labelled": labelled,
+            "correct": correct,
+            "infer_s": infer_s,
+            "runtime_precision": predictor.runtime_precision,
+        }
+
+
+def _dtype(table: pa.Table, column: str) -> np.dtype[Any]:
+    spec = tensor_spec(table.schema.field(column))
+    if spec is None:
+        raise InputShapeRejected(f"column {column!r} is not a tensor column")
+    return spec[1]
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    return (exp / exp.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def output_schema(num_classes: int, with_label: bool) -> pa.Schema:
+    fields = [
+        pa.field("record_id", pa.string(), nullable=False),
+        pa.field("predicted", pa.int64(), nullable=False),
+        tensor_field("scores", (num_classes,), "float32"),
+    ]
+    if with_label:
+        fields.append(pa.field("label", pa.int64()))
+    return pa.schema(fields)
+
+
+def predictions_table(
+    table: pa.Table, logits: np.ndarray, schema: pa.Schema, id_column: str, label_column: str | None
+) -> pa.Table:
+    """record_id, predicted class, softmax scores (and the label, when the input had one)."""
+    columns: dict[str, Any] = {
+        "record_id": table.column(id_column).cast(pa.string()),
+        "predicted": pa.array(logits.argmax(axis=1).astype(np.int64)),
+        "scores": encode_tensors(softmax(logits)),
+    }
+    if label_column:
+        columns["label"] = table.column(label_column).cast(pa.int64())
+    return pa.table(columns, schema=schema)
+
+
+# -- engines ---------------------------------------------------------------------------------------------
+def _items_table(items: list[dict[str, Any]]) -> pa.Table:
+    return pa.Table.from_pylist(
+        items,
+        schema=pa.schema([("shard", pa.int64()), ("path", pa.string()), ("rows", pa.int64()), ("sha256", pa.string())]),
+    )
+
+
+def run_local(job: ShardJob, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """In this process: notebooks, unit tests, and the benchmark's engine-free reference."""
+    predictor = job.predictor()
+    return [job.process(predictor, item) for item in items]
+
+
+class _RayShardPredictor:
+    """Ray Data actor: compiles once in ``__init__``, then predicts whole shards per call."""
+
+    def __init__(self, job: ShardJob) -> None:
+        self.job = job
+        self.predictor = job.predictor()
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = [self.job.process(self.predictor, item) for item in batch.to_pylist()]
+        return pa.Table.from_pylist(rows, schema=SUMMARY_SCHEMA)
+
+
+def run_ray(
+    job: ShardJob, items: list[dict[str, Any]], num_workers: int, cpus_per_worker: float
+) -> list[dict[str, Any]]:
+    """Ray Data ``map_batches`` over an actor pool; one batch is one shard, so memory stays per-shard."""
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    dataset = ray.data.from_arrow(_items_table(items)).repartition(len(items))
+    size = max(1, min(num_workers, len(items)))
+    predicted = dataset.map_batches(
+        _RayShardPredictor,
+        fn_constructor_kwargs={"job": job},
+        batch_size=1,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=size),
+        num_cpus=cpus_per_worker,
+    )
+    return [dict(row) for row in predicted.take_all()]
+
+
+def _spark_partition(job: ShardJob) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+    def predict_fn(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        items = [row for batch in batches for row in batch.to_pylist()]
+        if items:
+            predictor = job.predictor()  # once per partition (= per worker slot)
+            rows = [job.process(predictor, item) for item in items]
+            yield from pa.Table.from_pylist(rows, schema=SUMMARY_SCHEMA).to_batches()
+
+    return predict_fn
+
+
+def run_spark(
+    spark: SparkSession, job: ShardJob, items: list[dict[str, Any]], num_workers: int, tag: str | None = None
+) -> list[dict[str, Any]]:
+    """``mapInArrow`` over Spark Connect: ``num_workers`` partitions, each compiling once."""
+    if tag:
+        spark.addTag(tag)
+    try:
+        frame = spark.createDataFrame(_items_table(items).to_pandas(), ITEM_DDL)
+        parts = max(1, min(num_workers, len(items)))
+        result = frame.repartition(parts, "shard").mapInArrow(_spark_partition(job), SUMMARY_DDL)
+        return [row.asDict() for row in result.collect()]
+    finally:
+        if tag:
+            spark.removeTag(tag)
+
+
+# -- sampling and the accuracy gate ----------------------------------------------------------------------
+def sample_rows(
+    store: ShardStore,
+    shardset: ShardSet,
+    image_column: str,
+    label_column: str | None,
+    shape: tuple[int, ...],
+    count: int,
+    seed: int,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """A deterministic sample of up to ``count`` rows, reading only as many shards as that needs."""
+    manifest = load_manifest(store, shardset)
+    order = np.random.default_rng(seed).permutation(len(manifest.shards))
+    images: list[np.ndarray] = []
+    labels: list[np.ndarray] = []
+    have = 0
+    for index in order:
+        table = read_shard(store, shardset.dataset_uri, manifest.shards[int(index)])
+        images.append(decode_tensors(table.column(image_column), shape, _dtype(table, image_column)))
+        if label_column:
+            labels.append(table.column(label_column).cast(pa.int64()).fill_null(-1).to_numpy())
+        have += table.num_rows
+        if have >= count:
+            break
+    if not images:
+        return np.empty((0, *shape), np.float32), None
+    all_images = np.concatenate(images).astype(np.float32)
+    pick = np.random.default_rng(seed + 1).permutation(len(all_images))[:count]
+    return all_images[pick], (np.concatenate(labels)[pick] if label_column else None)
+
+
+def accuracy_of(predictor: Predictor, images: np.ndarray, labels: np.ndarray) -> float:
+    mask = labels >= 0
+    if not mask.any():
+        return float("nan")
+    return float((predictor.predict(images[mask]).argmax(axis=1) == labels[mask]).mean())
+
+
+# -- the core entry point --------------------------------------------------------------------------------
+def run_inference(
+    model_ref: ModelRef | dict[str, Any] | str,
+    shardset: ShardSet | dict[str, Any] | str,
+    output_uri: str,
+    *,
+    model_store: ShardStore,
+    input_store: ShardStore,
+    output_store: ShardStore | None = None,
+    options: InferOptions | None = None,
+    spark: SparkSession | None = None,
+    producer: Producer | None = None,
+    tag: str | None = None,
+    log_fn: Callable[[str], None] | None = None,
+) -> InferResult:
+    """Predict every row of ``shardset`` with the ModelRef's model through OpenVINO; commit the predictions.
+
+    Raises ChecksumMismatch (weights not the ModelRef's), InputShapeRejected (absurd or mismatching shapes),
+    AccuracyGateFailed (reduced precision too inaccurate and ``on_accuracy_drop="fail"``).
+    """
+    say = log_fn or log.info
+    opts = (options or InferOptions()).validate()
+    ref = ModelRef.coerce(model_ref)
+    data = ShardSet.coerce(shardset)
+    output_store = output_store or input_store
+    t0 = time.monotonic()
+
+    # 1. shapes, before anything is converted or compiled
+    shape = check_input_shape(list(ref.input_shape), opts.request_batch or 1)
+    manifest = load_manifest(input_store, data)
+    schema = manifest.pa_schema()
+    for column in (opts.image_column, opts.id_column):
+        if column not in schema.names:
+            raise InputShapeRejected(f"input ShardSet has no column {column!r} (columns: {schema.names})")
+    spec = tensor_spec(schema.field(opts.image_column))
+    if spec is None or tuple(spec[0]) != shape:
+        raise InputShapeRejected(
+            f"input column {opts.image_column!r} holds {spec[0] if spec else 'non-tensor'} rows; "
+            f"the ModelRef's input_shape is {list(shape)}"
+        )
+    label_column = opts.label_column if opts.label_column in schema.names else None
+
+    # 2. verified weights (also on a cache hit: a ModelRef whose weights were tampered with is refused)
+    read_verified_weights(ref, model_store)
+    model_loader = lambda: load_verified_model(ref, model_store)  # noqa: E731
+
+    # 3. IR for the requested precision (and f32 when the gate needs a reference)
+    need_sample = opts.precision == "int8" or (opts.precision != "f32" and label_column is not None)
+    sample_images, sample_labels = (
+        sample_rows(
+            input_store,
+            data,
+            opts.image_column,
+            label_column,
+            shape,
+            opts.calibration_samples + opts.holdout_samples,
+            opts.seed,
+        )
+        if need_sample
+        else (np.empty((0, *shape), np.float32), None)
+    )
+    calibration = sample_images[: opts.calibration_samples]
+    holdout = sample_images[opts.calibration_samples :]
+    holdout_labels = sample_labels[opts.calibration_samples :] if sample_labels is not None else None
+    if opts.precision == "int8" and len(holdout) == 0:
+        holdout, holdout_labels = calibration, sample_labels  # tiny inputs: gate on what there is
+    built = irmod.get_or_build(
+        ref, model_store, opts.precision, model_loader, lambda: calibration, calibration_source=data.manifest_uri
+    )
+    say(f"OpenVINO IR for {opts.precision}: {'cache hit' if built.cache_hit else 'built'} in {built.seconds:.1f} s")
+
+    # 4. accuracy gate
+    precision_used = opts.precision
+    handle = built.handle
+    gate: dict[str, Any] = {"checked": False}
+    if opts.precision != "f32":
+        if holdout_labels is None or not (holdout_labels >= 0).any():
+            gate = {"checked": False, "reason": "no labels in the input"}
+        else:
+            from airflow_bigdata_ai.infer.runtime import Predictor
+
+            f32_built = irmod.get_or_build(ref, model_store, "f32", model_loader)
+            f32_acc = accuracy_of(Predictor.from_ir(f32_built.handle, shape, "f32"), holdout, holdout_labels)
+            acc = accuracy_of(Predictor.from_ir(handle, shape, opts.precision), holdout, holdout_labels)
+            drop = (f32_acc - acc) * 100
+            gate = {
+                "checked": True,
+                "samples": int((holdout_labels >= 0).sum()),
+                "f32_accuracy": f32_acc,
+                f"{opts.precision}_accuracy": acc,
+                "drop_points": drop,
+                "max_accuracy_drop": opts.max_accuracy_drop,
+                "passed": drop <= opts.max_accuracy_drop,
+            }
+            say(
+                f"Accuracy gate: {opts.precision} {acc:.2%} vs f32 {f32_acc:.2%} on {gate['samples']} held-out rows "
+                f"(drop {drop:.2f} points, allowed {opts.max_accuracy_drop:g})"
+            )
+            if not gate["passed"]:
+                if opts.on_accuracy_drop == "fail":
+                    raise AccuracyGateFailed(opts.precision, acc, f32_acc, opts.max_accuracy_drop, gate["samples"])
+                say(f"Falling back to f32: {opts.precision} lost {drop:.2f} points")
+                precision_used, handle = "f32", f32_built.handle
+    prepare_s = time.monotonic() - t0
+
+    # 5. one job per shard
+    probe_classes = _num_classes(handle, shape)
+    out_schema = output_schema(probe_classes, label_column is not None)
+    writer = ShardWriter(output_store, output_uri)
+    job = ShardJob(
+        input_store=input_store,
+        input_dataset_uri=data.dataset_uri,
+        writer=writer,
+        ir=handle,
+        precision=precision_used,
+        input_shape=shape,
+        image_column=opts.image_column,
+        id_column=opts.id_column,
+        label_column=label_column,
+        request_batch=opts.request_batch,
+        threads=opts.threads_per_worker,
+        output_schema_hex=out_schema.serialize().to_pybytes().hex(),
+    )
+    items = [{"shard": i, "path": s.path, "rows": s.rows, "sha256": s.sha256} for i, s in enumerate(manifest.shards)]
+    say(f"Predicting {data.num_rows} rows in {len(items)} shards with {opts.engine} ({precision_used})")
+    t1 = time.monotonic()
+    try:
+        if not items:
+            rows: list[dict[str, Any]] = []
+        elif opts.engine == "local":
+            rows = run_local(job, items)
+        elif opts.engine == "ray":
+            rows = run_ray(job, items, opts.num_workers, opts.cpus_per_worker)
+        else:
+            if spark is None:
+                raise ValueError("engine='spark' needs a SparkSession (Spark Connect)")
+            rows = run_spark(spark, job, items, opts.num_workers, tag)
+    except BaseException:
+        writer.abort()
+        raise
+    wall_s = time.monotonic() - t1
+    rows.sort(key=lambda r: r["shard"])
+    if len(rows) != len(items) or sum(r["rows"] for r in rows) != data.num_rows:
+        writer.abort()
+        raise RuntimeError(f"engine returned {len(rows)} shard summaries for {len(items)} shards: refusing to commit")
+
+    # 6. commit
+    labelled = sum(r["labelled"] for r in rows)
+    correct = sum(r["correct"] for r in rows)
+    infer_s = sum(r["infer_s"] for r in rows)
+    summary = {
+        "rows": data.num_rows,
+        "shards": len(items),
+        "engine": opts.engine,
+        "workers": min(opts.num_workers, max(len(items), 1)),
+        "precision_requested": opts.precision,
+        "precision_used": precision_used,
+        "runtime_precision": sorted({r["runtime_precision"] for r in rows}),
+        "accuracy": (correct / labelled) if labelled else None,
+        "labelled_rows": labelled,
+        "images_per_s": data.num_rows / wall_s if wall_s > 0 else None,
+        "compute_images_per_s": data.num_rows / infer_s if infer_s > 0 else None,
+        "wall_s": round(wall_s, 3),
+        "prepare_s": round(prepare_s, 3),
+        "gate": gate,
+        "ir": built.summary() if precision_used == opts.precision else {"fallback_from": built.summary()},
+        "openvino": irmod.versions()["openvino"],
+        "model_weights_sha256": ref.weights_sha256,
+        "input_manifest": data.manifest_uri,
+    }
+    infos = [ShardInfo(path=r["path"], rows=int(r["rows"]), bytes=int(r["bytes"]), sha256=r["sha256"]) for r in rows]
+    committed = writer.commit(infos, out_schema, producer, stats=summary)
+    return InferResult(committed, summary)
+
+
+def _num_classes(handle: irmod.IRHandle, shape: tuple[int, ...]) -> int:
+    """Output width from the IR itself (no compile): the model's last dimension."""
+    model = handle.read_model()
+    out = model.outputs[0].get_partial_shape()
+    if out.rank.get_length() != 2 or not out[1].is_static:
+        raise InputShapeRejected(f"model output shape {out} is not (batch, classes)")
+    return int(out[1].get_length())
