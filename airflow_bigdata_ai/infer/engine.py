@@ -96,7 +96,8 @@ class InferResult:
     summary: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {**self.shardset.to_dict(), "summary": self.summary}
+        """The predictions ShardSet as XCom carries it (its ``stats`` hold the summary)."""
+        return self.shardset.to_dict()
 
 
 @dataclass(frozen=True)
