@@ -1,0 +1,188 @@
+"""Unit tests of the training core and RayTrainOperator that need no Ray cluster."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import subprocess
+import sys
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from airflow_bigdata_ai.models.digits import make_digits_cnn
+from airflow_bigdata_ai.models.loading import import_factory, load_model
+from airflow_bigdata_ai.shards import ChecksumMismatch, ModelRef, encode_tensors, open_store
+from airflow_bigdata_ai.train import RunKey, TrainConfig, checkpoint_uri, has_checkpoint
+from airflow_bigdata_ai.train.chaos import ExitOnceStep
+from airflow_bigdata_ai.train.core import _prepare_checkpoint_dir
+from airflow_bigdata_ai.train.loop import LoopSpec, StepContext, batch_to_tensors, default_train_step, split_batch
+from airflow_bigdata_ai.train.sample_data import write_digits_shardset
+
+FACTORY = "airflow_bigdata_ai.models.digits:make_digits_cnn"
+
+
+def test_config_validates_eagerly() -> None:
+    with pytest.raises(ValueError, match="optimizer"):
+        TrainConfig(optimizer="lbfgs")
+    with pytest.raises(ValueError, match="val_fraction"):
+        TrainConfig(val_fraction=1.0)
+    with pytest.raises(ValueError, match="unknown training settings"):
+        TrainConfig.from_dict({"epochz": 3})
+
+
+def test_fingerprint_ignores_epochs_but_not_lr() -> None:
+    base = TrainConfig(epochs=3)
+    assert base.fingerprint() == TrainConfig(epochs=9, max_failures=0).fingerprint()
+    assert base.fingerprint() != TrainConfig(epochs=3, lr=0.1).fingerprint()
+    hook = ExitOnceStep("/tmp/x")
+    assert TrainConfig(train_step=hook).fingerprint() == TrainConfig(train_step=ExitOnceStep("/tmp/y")).fingerprint()
+
+
+def test_checkpoint_path_is_per_run_and_safe(tmp_path: Any) -> None:
+    store = open_store(str(tmp_path))
+    a = checkpoint_uri(store, RunKey("dag", "train", "scheduled__2026-01-01T00:00:00+00:00"))
+    b = checkpoint_uri(store, RunKey("dag", "train", "scheduled__2026-01-02T00:00:00+00:00"))
+    assert a != b
+    assert a.path.startswith(str(tmp_path)) and ":" not in a.path.rsplit("/", 1)[-1]
+
+
+def test_settings_change_discards_old_checkpoints(tmp_path: Any) -> None:
+    store = open_store(str(tmp_path))
+    run = RunKey("dag", "train", "r1")
+    base = checkpoint_uri(store, run)
+    assert _prepare_checkpoint_dir(store, run, "fp-1") is False
+    store.write_bytes(base.join("ray/checkpoint_2026/state.pt"), b"x")
+    assert has_checkpoint(store, run)
+    assert _prepare_checkpoint_dir(store, run, "fp-1") is True  # same settings: resume
+    assert _prepare_checkpoint_dir(store, run, "fp-2") is False  # other settings: start over
+    assert not has_checkpoint(store, run)
+
+
+def _table(n: int, dtype: str = "float32") -> pa.Table:
+    images = (np.arange(n * 4).reshape(n, 1, 2, 2) % 256).astype(dtype)
+    return pa.table(
+        {"record_id": [f"id{i}" for i in range(n)], "image": encode_tensors(images), "label": np.arange(n) % 3}
+    )
+
+
+def test_split_is_deterministic_disjoint_and_complete() -> None:
+    table = _table(2000)
+    val = split_batch(table, id_column="record_id", fraction=0.2, want_val=True)
+    train = split_batch(table, id_column="record_id", fraction=0.2, want_val=False)
+    assert val.num_rows + train.num_rows == 2000
+    assert not set(val["record_id"].to_pylist()) & set(train["record_id"].to_pylist())
+    assert 300 < val.num_rows < 500
+    # the same record lands on the same side whatever batch it comes in
+    again = split_batch(table.slice(100, 50), id_column="record_id", fraction=0.2, want_val=True)
+    assert set(again["record_id"].to_pylist()) <= set(val["record_id"].to_pylist())
+
+
+def _spec(dtype: str) -> LoopSpec:
+    return LoopSpec(TrainConfig(), FACTORY, {}, (1, 2, 2), dtype, None, "", "", "", False)  # type: ignore[arg-type]
+
+
+def test_batch_to_tensors_scales_uint8_only() -> None:
+    x, y = batch_to_tensors(_table(4, "uint8"), _spec("uint8"))
+    assert x.dtype == torch.float32 and float(x.max()) <= 1.0 and y.dtype == torch.int64
+    x, _ = batch_to_tensors(_table(4), _spec("float32"))
+    assert float(x.max()) == 15.0
+
+
+def test_default_step_learns() -> None:
+    torch.manual_seed(0)
+    model = make_digits_cnn()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    x, y = torch.randn(16, 1, 8, 8), torch.randint(0, 10, (16,))
+    losses = [
+        float(default_train_step(StepContext(model, opt, torch.nn.functional.cross_entropy, x, y, 0, i, 0, 1)))
+        for i in range(20)
+    ]
+    assert losses[-1] < losses[0] / 2
+
+
+def test_exit_once_step_fires_once(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    exits: list[int] = []
+    monkeypatch.setattr(os, "_exit", lambda code: exits.append(code))
+    step = ExitOnceStep(str(tmp_path / "marker"), epoch=1, batch=0, rank=1)
+    model = make_digits_cnn()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(4, 1, 8, 8), torch.randint(0, 10, (4,))
+    for rank in (0, 1, 1):
+        step(StepContext(model, opt, torch.nn.functional.cross_entropy, x, y, 1, 0, rank, 2))
+    assert exits == [1]
+
+
+def _save_ref(tmp_path: Any) -> tuple[ModelRef, Any]:
+    store = open_store(str(tmp_path))
+    model = make_digits_cnn()
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    uri = store.root.join("weights/model.pt")
+    store.write_bytes(uri, buffer.getvalue())
+    ref = ModelRef(str(uri), hashlib.sha256(buffer.getvalue()).hexdigest(), FACTORY, [1, 1, 8, 8])
+    return ref, store
+
+
+def test_load_model_roundtrip_and_checksum(tmp_path: Any) -> None:
+    ref, store = _save_ref(tmp_path)
+    loaded = load_model(ModelRef.from_json(ref.to_json()), store)
+    assert not loaded.training and loaded(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
+    store.write_bytes(ref.weights_uri, store.read_bytes(ref.weights_uri) + b"tampered")
+    with pytest.raises(ChecksumMismatch, match="refusing"):
+        load_model(ref.to_dict(), store)
+
+
+def test_import_factory_errors() -> None:
+    assert import_factory(FACTORY) is make_digits_cnn
+    with pytest.raises(ValueError):
+        import_factory("no_colon")
+    with pytest.raises(ValueError, match="no attribute"):
+        import_factory("airflow_bigdata_ai.models.digits:missing")
+
+
+def test_operator_parse_time_is_cheap() -> None:
+    code = (
+        "import sys\n"
+        "from airflow_bigdata_ai.operators.train import RayTrainOperator\n"
+        "RayTrainOperator(task_id='t', train_data={}, model_factory='a.b:c', epochs=2)\n"
+        "heavy = [m for m in ('torch', 'ray', 'pyspark') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+class _FakeHook:
+    def __init__(self, root: str) -> None:
+        self.store_root = root
+
+    def store_for(self, uri: str | None = None) -> Any:
+        return open_store(self.store_root)
+
+
+def test_operator_resume_decision(tmp_path: Any) -> None:
+    from airflow_bigdata_ai.operators.train import RayTrainOperator
+
+    store = open_store(str(tmp_path))
+    shardset = write_digits_shardset(store, str(tmp_path / "digits"))
+    op = RayTrainOperator(task_id="train", train_data=shardset.to_dict(), model_factory=FACTORY, epochs=2)
+    op.__dict__["hook"] = _FakeHook(str(tmp_path))
+    ti = SimpleNamespace(dag_id="dag", task_id="train", run_id="r1", try_number=2, map_index=-1)
+    context: Any = {"ti": ti, "logical_date": None}
+    handle = op.submit_job(context)
+    assert handle["checkpoint_uri"].endswith("_checkpoints/dag/train/r1")
+    assert op.get_job_status(handle, context) == "NO_CHECKPOINT"
+    run = op.run_key(context)
+    store.write_bytes(checkpoint_uri(store, run).join("ray/checkpoint_1/state.pt"), b"x")
+    assert op.is_job_active(op.get_job_status(handle, context))
+    ref, _ = _save_ref(tmp_path)
+    ref = ModelRef.from_dict({**ref.to_dict(), "trained_on": shardset.to_dict(), "model_factory": FACTORY})
+    store.write_bytes(checkpoint_uri(store, run).join("result.json"), ref.to_json().encode())
+    assert op.is_job_succeeded(op.get_job_status(handle, context))
+    assert op.get_job_result(handle, context) == ref.to_dict()
+    assert op.train_config().epochs == 2
