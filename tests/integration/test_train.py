@@ -1,0 +1,174 @@
+"""RayTrainOperator / train() on the real shared cluster (Ray on Spark): accuracy, worker death, driver death.
+
+Kept short (a few epochs of digits): the machine has 2 cores shared with other tests.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from airflow_bigdata_ai.models.loading import load_model
+from airflow_bigdata_ai.shards import ModelRef, ShardSet, decode_tensors, open_store, read_table
+from airflow_bigdata_ai.train import RunKey, TrainConfig, checkpoint_uri, has_checkpoint, train
+from airflow_bigdata_ai.train.chaos import ExitOnceStep
+from airflow_bigdata_ai.train.loop import split_batch
+from airflow_bigdata_ai.train.sample_data import write_digits_shardset
+from tests.integration.conftest import subprocess_env
+
+pytestmark = pytest.mark.integration
+
+FACTORY = "airflow_bigdata_ai.models.digits:make_digits_cnn"
+EPOCHS = 5
+SETTINGS: dict[str, Any] = {"epochs": EPOCHS, "batch_size": 32, "lr": 2e-3, "num_workers": 2, "val_fraction": 0.2}
+
+
+@dataclass
+class Digits:
+    root: str
+    shardset: ShardSet
+
+    @property
+    def store(self) -> Any:
+        return open_store(self.root)
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory: pytest.TempPathFactory) -> Digits:
+    root = str(tmp_path_factory.mktemp("train-store"))
+    store = open_store(root)
+    return Digits(root, write_digits_shardset(store, f"{root}/digits/prep/ds=2026-01-01"))
+
+
+@pytest.fixture(scope="module")
+def baseline(attached: Any, digits: Digits) -> ModelRef:
+    """One uninterrupted run, shared by the accuracy test and the fault-tolerance comparison."""
+    attached.ray()
+    return train(
+        digits.shardset,
+        digits.store,
+        FACTORY,
+        config=TrainConfig(**SETTINGS),
+        run=RunKey("train_it", "train", "baseline", "2026-01-01"),
+    )
+
+
+def _accuracy(model: torch.nn.Module, digits: Digits) -> tuple[float, int]:
+    table = split_batch(read_table(digits.store, digits.shardset), id_column="record_id", fraction=0.2, want_val=True)
+    images = torch.from_numpy(decode_tensors(table["image"], (1, 8, 8), "float32").copy())
+    labels = np.asarray(table["label"].to_numpy())
+    with torch.no_grad():
+        predicted = model(images).argmax(dim=1).numpy()
+    return float((predicted == labels).mean()), len(labels)
+
+
+def test_two_workers_reach_95_percent_and_modelref_loads_back(baseline: ModelRef, digits: Digits) -> None:
+    ref = ModelRef.from_json(baseline.to_json())  # what XCom carries
+    metrics = ref.metrics
+    assert metrics["val_accuracy"] >= 0.95, metrics
+    assert metrics["epochs"] == EPOCHS and metrics["restarts"] == 0 and metrics["resumed_from_epoch"] == 0
+    assert metrics["samples_per_s"] > 0 and ref.input_shape == [1, 1, 8, 8]
+    assert ref.trained_on == digits.shardset.to_dict()
+    model = load_model(ref, digits.store)
+    accuracy, n = _accuracy(model, digits)
+    # Ray's equal split may leave out up to (workers - 1) validation rows: allow that much
+    assert abs(accuracy - metrics["val_accuracy"]) <= 1.0 / n + 1e-9, (accuracy, metrics)
+    # checkpoints of a finished run are removed; its result stays for the task-state-store resume path
+    run = RunKey("train_it", "train", "baseline", "2026-01-01")
+    assert not has_checkpoint(digits.store, run)
+    assert digits.store.exists(checkpoint_uri(digits.store, run).join("result.json"))
+
+
+def test_worker_killed_mid_run_restarts_and_converges(
+    attached: Any, digits: Digits, baseline: ModelRef, tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    marker = tmp_path / "killed-once"
+    attached.ray()
+    caplog.set_level(logging.INFO, logger="airflow_bigdata_ai.train")
+    ref = train(
+        digits.shardset,
+        digits.store,
+        FACTORY,
+        config=TrainConfig(**SETTINGS, train_step=ExitOnceStep(str(marker), epoch=2, batch=3, rank=1)),
+        run=RunKey("train_it", "train", "worker_kill", "2026-01-01"),
+    )
+    assert marker.exists(), "the fault was never injected"
+    assert ref.metrics["restarts"] >= 1, ref.metrics
+    assert "restart 1" in caplog.text  # visible in the task log
+    assert abs(ref.metrics["val_accuracy"] - baseline.metrics["val_accuracy"]) <= 0.02, (
+        ref.metrics,
+        baseline.metrics,
+    )
+    assert ref.metrics["val_accuracy"] >= 0.95
+
+
+DRIVER = textwrap.dedent(
+    """
+    import json, sys
+    from airflow_bigdata_ai.cluster import ClusterConfig, attach
+    from airflow_bigdata_ai.shards import ShardSet, open_store
+    from airflow_bigdata_ai.train import RunKey, TrainConfig, train
+
+    state_dir, root, shardset, settings = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
+    attach(ClusterConfig(state_dir=state_dir, mode="remote")).ray()
+    train(ShardSet.from_json(shardset), open_store(root), "airflow_bigdata_ai.models.digits:make_digits_cnn",
+          config=TrainConfig(**settings), run=RunKey("train_it", "train", "driver_kill", "2026-01-01"))
+    """
+)
+
+
+def test_killed_task_process_resumes_from_checkpoint(shared_cluster: Any, attached: Any, digits: Digits) -> None:
+    settings = {**SETTINGS, "epochs": 4}
+    run = RunKey("train_it", "train", "driver_kill", "2026-01-01")
+    events = checkpoint_uri(digits.store, run).join("events")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            DRIVER,
+            shared_cluster.config.state_dir,
+            digits.root,
+            digits.shardset.to_json(),
+            json.dumps(settings),
+        ],
+        env=subprocess_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 400
+        done_epochs: list[int] = []
+        while time.monotonic() < deadline and proc.poll() is None:
+            store = digits.store
+            done_epochs = [
+                json.loads(store.read_bytes(u))["epoch"]
+                for u in store.list(events)
+                if json.loads(store.read_bytes(u))["type"] == "epoch"
+            ]
+            if done_epochs and max(done_epochs) >= 1:
+                break
+            time.sleep(0.5)
+        assert proc.poll() is None, "the training process ended before it could be killed"
+        assert done_epochs and max(done_epochs) >= 1, "no epoch finished in time"
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)  # the "task process" dies without any cleanup
+        proc.wait(timeout=30)
+    assert has_checkpoint(digits.store, run)
+
+    attached.ray()
+    ref = train(digits.shardset, digits.store, FACTORY, config=TrainConfig(**settings), run=run)
+    assert ref.metrics["resumed_from_epoch"] > 0, ref.metrics
+    assert ref.metrics["val_accuracy"] >= 0.9, ref.metrics
