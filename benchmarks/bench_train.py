@@ -1,0 +1,152 @@
+"""RayTrainOperator's training path vs a plain single-process torch loop: seconds per epoch, same data.
+
+The distributed path is exactly what the operator runs (``train()``: Ray Data over the shard files, cached
+in the object store, TorchTrainer with 2 DDP workers x 1 CPU over gloo). The baseline is one process with
+``torch.set_num_threads(2)`` looping over the same decoded arrays. Both include the validation pass.
+Steady-state epochs (the first is excluded: worker start-up, Ray Data materialisation) give the ratio.
+Goal on 2 cores: ratio <= 1.3.
+
+    python benchmarks/bench_train.py [--rows 12000] [--size 32] [--epochs 4] [--cluster hook|local]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from typing import Any
+
+import numpy as np
+
+FACTORY = "airflow_bigdata_ai.models.digits:make_wide_cnn"
+
+
+def plain_loop(images: np.ndarray, labels: np.ndarray, args: argparse.Namespace, kwargs: dict[str, Any]) -> list[float]:
+    """Single process, both cores (intra-op threads), same model/optimizer/batch size/split. Seconds/epoch."""
+    import torch
+
+    from airflow_bigdata_ai.models.loading import build_model
+
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    n_val = int(len(images) * args.val_fraction)
+    x_val, y_val = torch.from_numpy(images[:n_val]), torch.from_numpy(labels[:n_val])
+    x_tr, y_tr = torch.from_numpy(images[n_val:]), torch.from_numpy(labels[n_val:])
+    model = build_model(FACTORY, kwargs)
+    opt = torch.optim.Adam(model.parameters(), lr=args.lr)
+    times = []
+    for epoch in range(args.epochs):
+        start = time.perf_counter()
+        model.train()
+        order = torch.randperm(len(x_tr), generator=torch.Generator().manual_seed(epoch))
+        for i in range(0, len(order), args.batch_size):
+            idx = order[i : i + args.batch_size]
+            opt.zero_grad(set_to_none=True)
+            loss = torch.nn.functional.cross_entropy(model(x_tr[idx]), y_tr[idx])
+            loss.backward()
+            opt.step()
+        model.eval()
+        with torch.no_grad():
+            correct = sum(
+                int((model(x_val[i : i + 256]).argmax(1) == y_val[i : i + 256]).sum()) for i in range(0, n_val, 256)
+            )
+        times.append(time.perf_counter() - start)
+        print(f"plain  epoch {epoch + 1}: {times[-1]:.2f}s val_acc={correct / max(n_val, 1):.3f}", flush=True)
+    return times
+
+
+def distributed(store: Any, shardset: Any, args: argparse.Namespace, kwargs: dict[str, Any]) -> tuple[list[float], Any]:
+    from airflow_bigdata_ai.train import EpochProgress, RunKey, TrainConfig, train
+
+    times: list[float] = []
+
+    def progress(p: EpochProgress) -> None:
+        times.append(p.epoch_seconds)
+        print(f"ray    {p.line()}", flush=True)
+
+    ref = train(
+        shardset,
+        store,
+        FACTORY,
+        factory_kwargs=kwargs,
+        config=TrainConfig(
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            num_workers=2,
+            val_fraction=args.val_fraction,
+            max_failures=0,
+        ),
+        run=RunKey("bench", "train", f"bench-{time.time_ns()}"),
+        progress=progress,
+    )
+    return times, ref
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=12000)
+    parser.add_argument("--size", type=int, default=32)
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--val-fraction", type=float, default=0.1)
+    parser.add_argument("--cluster", choices=("hook", "local"), default="hook")
+    args = parser.parse_args(argv)
+
+    import ray
+
+    from airflow_bigdata_ai.shards import open_store, read_table
+    from airflow_bigdata_ai.shards.tensors import decode_tensors
+    from airflow_bigdata_ai.train.sample_data import synthetic_images, write_image_shardset
+
+    kwargs = {"size": args.size, "width": 32}
+    root = tempfile.mkdtemp(prefix="bench-train-")
+    store = open_store(root)
+    images, labels = synthetic_images(args.rows, args.size)
+    shardset = write_image_shardset(store, f"{root}/synthetic/ds=none", images, labels, num_shards=8)
+    table = read_table(store, shardset)  # the baseline reads the very same shards
+    base_images = decode_tensors(table["image"], (1, args.size, args.size), "float32").copy()
+    base_labels = np.asarray(table["label"].to_numpy(), dtype=np.int64)
+
+    plain = plain_loop(base_images, base_labels, args, kwargs)
+    attached = None
+    if args.cluster == "hook":
+        from airflow_bigdata_ai.hooks.ray_on_spark import RayOnSparkHook
+
+        attached = RayOnSparkHook().attach()
+        attached.ray()
+    else:
+        ray.init(num_cpus=4, include_dashboard=False)
+    try:
+        started = time.perf_counter()
+        ray_times, ref = distributed(store, shardset, args, kwargs)
+        wall = time.perf_counter() - started
+    finally:
+        if attached is not None:
+            attached.close()
+        else:
+            ray.shutdown()
+
+    steady_plain = statistics.median(plain[1:] or plain)
+    steady_ray = statistics.median(ray_times[1:] or ray_times)
+    result = {
+        "rows": args.rows,
+        "image": f"1x{args.size}x{args.size}",
+        "epochs": args.epochs,
+        "plain_s_per_epoch": round(steady_plain, 3),
+        "operator_s_per_epoch": round(steady_ray, 3),
+        "operator_first_epoch_s": round(ray_times[0], 3) if ray_times else None,
+        "operator_wall_s": round(wall, 1),
+        "ratio": round(steady_ray / steady_plain, 3),
+        "goal": "<= 1.3",
+        "val_accuracy": round(ref.metrics["val_accuracy"], 4),
+    }
+    print(json.dumps(result, indent=1))
+    return result
+
+
+if __name__ == "__main__":
+    main()
