@@ -92,4 +92,4 @@ def torch_logits(ref: ModelRef, store: ShardStore, images: np.ndarray) -> np.nda
 
     model = load_verified_model(ref, store)
     with torch.no_grad():
-        return model(torch.from_numpy(images)).numpy()
+        return model(torch.from_numpy(np.array(images, dtype=np.float32))).numpy()
