@@ -1,0 +1,107 @@
+"""SparkPreprocessOperator end to end under ``dag.test()``: real connection, hook, shared cluster, XCom.
+
+Covers templating (``{{ params }}``), the logical-date partitioned output, a rerun of the same date
+(identical checksums, one manifest) and the no-retry failure above ``max_bad_fraction``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from airflow_bigdata_ai.datasets.corrupt import corrupt_folder
+from airflow_bigdata_ai.datasets.digits import CLASSES, write_digits
+
+pytestmark = pytest.mark.integration
+
+LOGICAL_DATE = datetime(2026, 11, 24, tzinfo=UTC)
+
+
+DAG_FILE = """# airflow DAG file (safe-mode discovery needs both words)
+from tests.integration.test_preprocess_operator import build_dag
+
+dag = build_dag()
+"""
+
+
+def build_dag() -> Any:
+    """The test DAG; also written as a DAG file, because dag.test() serialises DAGs from the dags folder."""
+    from airflow.sdk import DAG, task
+
+    from airflow_bigdata_ai.operators.preprocess import SparkPreprocessOperator
+
+    with DAG("abai_preprocess_it", schedule=None, params={"src": "", "bad": 0.01, "report": ""}) as dag:
+        prep = SparkPreprocessOperator(
+            task_id="prep",
+            source={"uri": "{{ params.src }}", "classes": list(CLASSES)},
+            transform="airflow_bigdata_ai.preprocess.examples:digits_float",
+            guards={"channels": [1]},
+            rows_per_shard=400,
+            max_bad_fraction="{{ params.bad }}",
+            progress_interval_s=1.0,
+        )
+
+        @task
+        def check(ref: dict[str, Any], **context: Any) -> None:
+            from airflow_bigdata_ai.shards import ShardSet, load_manifest, open_store
+
+            report = context["params"]["report"]
+            shardset = ShardSet.coerce(ref)
+            store = open_store(shardset.dataset_uri.rsplit("/ds=", 1)[0])
+            sums = [s.sha256 for s in load_manifest(store, shardset).shards]
+            with open(report, "w") as handle:
+                json.dump({"ref": shardset.to_dict(), "sums": sums, "xcom_bytes": len(json.dumps(ref))}, handle)
+
+        check(prep.output)
+    return dag
+
+
+@pytest.fixture
+def connection(shared_cluster: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> str:
+    store_root = str(tmp_path / "store")
+    conn = {
+        "conn_type": "ray_on_spark",
+        "host": "embedded",
+        "extra": {"mode": "remote", "state_dir": shared_cluster.config.state_dir, "store_root": store_root},
+    }
+    monkeypatch.setenv("AIRFLOW_CONN_RAY_ON_SPARK_DEFAULT", json.dumps(conn))
+    return store_root
+
+
+def test_operator_dag_run_rerun_and_failure(airflow_db, connection, tmp_path):
+    from airflow_bigdata_ai.shards import open_store
+
+    src = str(tmp_path / "digits")
+    write_digits(src, "png")
+    report = tmp_path / "report.json"
+    with open(os.path.join(os.environ["AIRFLOW__CORE__DAGS_FOLDER"], "abai_preprocess_it.py"), "w") as handle:
+        handle.write(DAG_FILE)
+    dag = build_dag()
+
+    run = dag.test(logical_date=LOGICAL_DATE, run_conf={"src": src, "report": str(report)})
+    assert run.state == "success"
+    first = json.loads(report.read_text())
+    ref = first["ref"]
+    assert ref["num_rows"] == 1797 and ref["num_shards"] == 5 and first["xcom_bytes"] < 8192
+    assert ref["manifest_uri"].startswith(f"file://{connection}/abai_preprocess_it/prep/ds=2026-11-24/_manifests/")
+    assert ref["producer"]["task_id"] == "prep" and ref["stats"]["quarantined"] == 0
+
+    report.unlink()
+    run = dag.test(logical_date=LOGICAL_DATE, run_conf={"src": src, "report": str(report)})
+    assert run.state == "success"
+    second = json.loads(report.read_text())
+    assert second["sums"] == first["sums"]
+    dataset = f"{connection}/abai_preprocess_it/prep/ds=2026-11-24"
+    assert len([u for u in open_store(connection).list(dataset) if "/_manifests/" in u.path]) == 1
+
+    bad = str(tmp_path / "bad")
+    shutil.copytree(src, bad)
+    corrupt_folder(bad, fraction=0.05)
+    report.unlink()
+    run = dag.test(logical_date=datetime(2026, 11, 25, tzinfo=UTC), run_conf={"src": bad, "report": str(report)})
+    assert run.state == "failed" and not report.exists()
