@@ -219,6 +219,18 @@ def _token_for(config: ClusterConfig) -> str:
     return token
 
 
+def _reload_ray_auth_config() -> None:
+    """Ray reads RAY_AUTH_MODE/RAY_AUTH_TOKEN into its C++ config once: re-read them if ray was imported
+    before they were set (e.g. by an earlier ``import ray`` in the same process)."""
+    try:
+        from ray._raylet import AuthenticationTokenLoader, Config
+
+        Config.initialize("")
+        AuthenticationTokenLoader.instance().reset_cache()
+    except Exception:  # older/newer Ray without these internals: env set before import still works
+        log.debug("could not reload Ray auth config", exc_info=True)
+
+
 class AttachedCluster:
     """A client's handle on the running shared cluster. ``close()`` never stops the cluster."""
 
@@ -252,6 +264,7 @@ class AttachedCluster:
         import ray
 
         if not ray.is_initialized():
+            _reload_ray_auth_config()
             ray.init(address=self.endpoint.ray_address, ignore_reinit_error=True, log_to_driver=False,
                      logging_level=logging.WARNING)
             self._ray_initialised = True
