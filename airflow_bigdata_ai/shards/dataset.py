@@ -148,7 +148,10 @@ class Manifest:
 def table_to_parquet_bytes(table: pa.Table) -> bytes:
     """Deterministic Parquet encoding: the same table always gives the same bytes (same checksum)."""
     sink = io.BytesIO()
-    pq.write_table(table, sink, compression="zstd", write_statistics=True, store_schema=True)
+    # Min/max statistics of large binary cells (tensors) cost more CPU than compressing them, and no reader
+    # prunes on them: keep statistics for the ordinary columns only.
+    stats_columns = [f.name for f in table.schema if not pa.types.is_binary(f.type)]
+    pq.write_table(table, sink, compression="zstd", write_statistics=stats_columns, store_schema=True)
     return sink.getvalue()
 
 
