@@ -142,6 +142,8 @@ def _finish(
         "source": spec.to_dict(),
         "transform": describe_transform(job.transform),
         "elapsed_s": round(elapsed, 3),
+        "shard_wall_s": round(sum(r["wall_s"] or 0.0 for r in shard_rows), 3),
+        "shard_cpu_s": round(sum(r["cpu_s"] or 0.0 for r in shard_rows), 3),
         "rows_per_s": round(total / elapsed, 1) if elapsed > 0 else None,
     }
     return writer.commit(shards, schema, producer=producer, stats=stats)

@@ -7,6 +7,7 @@ which partition, executor or attempt ran it: retries and speculative copies writ
 from __future__ import annotations
 
 import importlib
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -34,7 +35,7 @@ RESERVED = ("record_id", "label")
 
 SUMMARY_DDL = (
     "kind string, shard int, path string, rows long, bytes long, sha256 string, inputs long, "
-    "record_id string, uri string, reason string, detail string, schema_hex string"
+    "record_id string, uri string, reason string, detail string, schema_hex string, wall_s double, cpu_s double"
 )
 SUMMARY_SCHEMA = pa.schema(
     [
@@ -50,6 +51,8 @@ SUMMARY_SCHEMA = pa.schema(
         ("reason", pa.string()),
         ("detail", pa.string()),
         ("schema_hex", pa.string()),
+        ("wall_s", pa.float64()),
+        ("cpu_s", pa.float64()),
     ]
 )
 
@@ -199,6 +202,7 @@ class ShardJob:
 
     def process_shard(self, shard: int, units: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
         """Process one shard's units, write its Parquet file, return summary rows (shard + quarantine)."""
+        wall0, cpu0 = time.perf_counter(), time.process_time()
         ordered = sorted(units, key=lambda u: u["record_id"])
         record_ids: list[str] = []
         labels: list[int | None] = []
@@ -230,6 +234,7 @@ class ShardJob:
                 path=info.path, rows=info.rows, bytes=info.bytes, sha256=info.sha256,
                 schema_hex=table.schema.serialize().to_pybytes().hex(),
             )  # fmt: skip
+        summary.update(wall_s=time.perf_counter() - wall0, cpu_s=time.process_time() - cpu0)
         rows = [summary]
         for record in bad:
             row: dict[str, Any] = dict.fromkeys(SUMMARY_SCHEMA.names)
