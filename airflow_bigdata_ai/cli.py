@@ -10,12 +10,16 @@ import json
 import logging
 import sys
 import time
+from typing import Any
 
 
-def _config(args: argparse.Namespace):  # -> ClusterConfig
+def _config(args: argparse.Namespace) -> Any:
     from airflow_bigdata_ai.cluster import ClusterConfig, default_state_dir
 
-    kwargs = {"state_dir": args.state_dir or default_state_dir(), "mode": getattr(args, "mode", None) or "embedded"}
+    kwargs: dict[str, Any] = {
+        "state_dir": args.state_dir or default_state_dir(),
+        "mode": getattr(args, "mode", None) or "embedded",
+    }
     if getattr(args, "master", None):
         kwargs["master"] = args.master
     if getattr(args, "max_worker_nodes", None) is not None:

@@ -142,8 +142,16 @@ def _start_service(config: ClusterConfig, paths: StatePaths) -> ClusterEndpoint:
     log_fd = os.open(paths.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "airflow_bigdata_ai.cluster", "serve", "--state-dir", paths.root,
-             "--cluster-id", cluster_id],
+            [
+                sys.executable,
+                "-m",
+                "airflow_bigdata_ai.cluster",
+                "serve",
+                "--state-dir",
+                paths.root,
+                "--cluster-id",
+                cluster_id,
+            ],
             stdin=subprocess.DEVNULL,
             stdout=log_fd,
             stderr=subprocess.STDOUT,
@@ -223,7 +231,7 @@ def _reload_ray_auth_config() -> None:
     """Ray reads RAY_AUTH_MODE/RAY_AUTH_TOKEN into its C++ config once: re-read them if ray was imported
     before they were set (e.g. by an earlier ``import ray`` in the same process)."""
     try:
-        from ray._raylet import AuthenticationTokenLoader, Config
+        from ray._raylet import AuthenticationTokenLoader, Config  # type: ignore[attr-defined]
 
         Config.initialize("")
         AuthenticationTokenLoader.instance().reset_cache()
@@ -265,8 +273,12 @@ class AttachedCluster:
 
         if not ray.is_initialized():
             _reload_ray_auth_config()
-            ray.init(address=self.endpoint.ray_address, ignore_reinit_error=True, log_to_driver=False,
-                     logging_level=logging.WARNING)
+            ray.init(
+                address=self.endpoint.ray_address,
+                ignore_reinit_error=True,
+                log_to_driver=False,
+                logging_level=logging.WARNING,
+            )
             self._ray_initialised = True
 
     def close(self) -> None:

@@ -247,7 +247,7 @@ def serve(state_dir: str, cluster_id: str) -> int:
         spark_ui_url=ui.replace(f"//{socket.gethostname()}", f"//{LOOPBACK}") if ui else "",
         ray_dashboard_url=f"http://{ray_address.rsplit(':', 1)[0]}:{dashboard_port}" if dashboard_port else "",
         pid=me.pid,
-        started_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        started_at=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         master=master,
         versions={
             "python": platform.python_version(),

@@ -22,7 +22,14 @@ from dataclasses import dataclass, field
 import psutil
 import pytest
 
-from airflow_bigdata_ai.cluster import AttachedCluster, ClusterConfig, ClusterEndpoint, attach, ensure_cluster, stop_cluster
+from airflow_bigdata_ai.cluster import (
+    AttachedCluster,
+    ClusterConfig,
+    ClusterEndpoint,
+    attach,
+    ensure_cluster,
+    stop_cluster,
+)
 from airflow_bigdata_ai.cluster.config import StatePaths, read_json
 
 REUSE_ENV = "AIRFLOW_BIGDATA_AI_TEST_STATE_DIR"
@@ -121,8 +128,10 @@ def shared_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SharedC
         stop_cluster(config)
         raise
     cluster = SharedCluster(config, endpoint, time.monotonic() - t0)
-    sys.stderr.write(f"\n[shared_cluster] cold start {cluster.cold_start_s:.1f} s, {endpoint.spark_connect_url}, "
-                     f"ray {endpoint.ray_address}, state {state_dir}\n")
+    sys.stderr.write(
+        f"\n[shared_cluster] cold start {cluster.cold_start_s:.1f} s, {endpoint.spark_connect_url}, "
+        f"ray {endpoint.ray_address}, state {state_dir}\n"
+    )
     try:
         yield cluster
     finally:

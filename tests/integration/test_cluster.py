@@ -69,7 +69,7 @@ CLIENT = textwrap.dedent(
 def _result(proc: subprocess.CompletedProcess) -> dict:
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT "):])
+            return json.loads(line[len("RESULT ") :])
     raise AssertionError(f"client failed (rc={proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
 
 
@@ -77,7 +77,10 @@ def _run_clients(state_dir: str, mode: str, count: int, timeout: float = 300) ->
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", CLIENT, state_dir, mode],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=subprocess_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=subprocess_env(),
         )
         for _ in range(count)
     ]
@@ -103,7 +106,7 @@ def test_two_processes_attach_and_run_both_engines(shared_cluster):
 
 
 def test_attach_under_one_second_in_process(shared_cluster, attached):
-    import ray  # noqa: F401  (imports are not part of attach)
+    import ray
     from pyspark.sql.connect.session import SparkSession  # noqa: F401
 
     t = time.perf_counter()
@@ -127,8 +130,19 @@ def test_endpoint_record_and_status(shared_cluster):
     status = cluster_status(shared_cluster.config)
     assert status["alive"] and status["state"] == "running"
     cli = subprocess.run(
-        [sys.executable, "-m", "airflow_bigdata_ai", "cluster", "status", "--state-dir", shared_cluster.config.state_dir],
-        capture_output=True, text=True, env=subprocess_env(), timeout=60,
+        [
+            sys.executable,
+            "-m",
+            "airflow_bigdata_ai",
+            "cluster",
+            "status",
+            "--state-dir",
+            shared_cluster.config.state_dir,
+        ],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=60,
     )
     assert cli.returncode == 0, cli.stderr
     assert json.loads(cli.stdout)["cluster_id"] == endpoint.cluster_id
@@ -172,7 +186,10 @@ RAY_NO_TOKEN = textwrap.dedent(
 def test_unauthenticated_ray_client_refused(shared_cluster, token_env):
     proc = subprocess.run(
         [sys.executable, "-c", RAY_NO_TOKEN, shared_cluster.endpoint.ray_address],
-        capture_output=True, text=True, env=subprocess_env(**token_env), timeout=180,
+        capture_output=True,
+        text=True,
+        env=subprocess_env(**token_env),
+        timeout=180,
     )
     assert "REFUSED" in proc.stdout and "ACCEPTED" not in proc.stdout, proc.stdout + proc.stderr[-2000:]
 
@@ -197,7 +214,10 @@ def test_unauthenticated_spark_connect_refused(shared_cluster, suffix):
     url = shared_cluster.endpoint.spark_connect_url + suffix
     proc = subprocess.run(
         [sys.executable, "-c", SPARK_NO_TOKEN, url],
-        capture_output=True, text=True, env=subprocess_env(), timeout=180,
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=180,
     )
     assert "REFUSED" in proc.stdout and "ACCEPTED" not in proc.stdout, proc.stdout + proc.stderr[-2000:]
 
@@ -217,9 +237,15 @@ def test_remote_mode(shared_cluster, tmp_path):
 
     port = free_port()
     dead = ClusterEndpoint(
-        spark_connect_url=f"sc://localhost:{port}", ray_address=f"127.0.0.1:{free_port()}", spark_ui_url="",
-        ray_dashboard_url="", pid=2**22 + 7, started_at="2026-01-01T00:00:00+00:00", master="local-cluster[2,3,3072]",
-        versions={}, cluster_id="deadbeef",
+        spark_connect_url=f"sc://localhost:{port}",
+        ray_address=f"127.0.0.1:{free_port()}",
+        spark_ui_url="",
+        ray_dashboard_url="",
+        pid=2**22 + 7,
+        started_at="2026-01-01T00:00:00+00:00",
+        master="local-cluster[2,3,3072]",
+        versions={},
+        cluster_id="deadbeef",
     )
     write_json_atomic(paths.endpoint, dead.to_dict())
     with pytest.raises(ClusterUnavailable, match=f"sc://localhost:{port}"):
@@ -244,8 +270,13 @@ def test_concurrent_start_makes_one_cluster_and_dead_service_is_replaced(tmp_pat
     try:
         t0 = time.monotonic()
         procs = [
-            subprocess.Popen([sys.executable, "-c", starter, state_dir], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True, env=subprocess_env())
+            subprocess.Popen(
+                [sys.executable, "-c", starter, state_dir],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=subprocess_env(),
+            )
             for _ in range(2)
         ]
         results = []

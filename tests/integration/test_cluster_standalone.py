@@ -12,9 +12,9 @@ import time
 import urllib.request
 
 import psutil
+import pyspark
 import pytest
 
-import pyspark
 from airflow_bigdata_ai.cluster import ClusterConfig, attach, stop_cluster
 from airflow_bigdata_ai.cluster.service import free_port, port_open
 from tests.integration.conftest import assert_nothing_left, cluster_processes, session_processes
@@ -25,11 +25,15 @@ SPARK_HOME = os.path.dirname(pyspark.__file__)
 
 
 def _spark_class(args: list[str], log_path: str, env: dict[str, str]) -> subprocess.Popen:
-    log = open(log_path, "ab")  # noqa: SIM115  (closed by the child's end)
+    log = open(log_path, "ab")
     try:
         return subprocess.Popen(
             [os.path.join(SPARK_HOME, "bin", "spark-class"), *args],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
         )
     finally:
         log.close()
@@ -67,34 +71,65 @@ def _end_sessions(sids: list[int]) -> dict[int, float]:
 def test_service_on_standalone_master(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_AUTH", "SPARK_REMOTE", "PYSPARK_SUBMIT"))}
     env.update(
-        SPARK_HOME=SPARK_HOME, SPARK_LOCAL_IP="127.0.0.1", SPARK_NO_DAEMONIZE="1",
-        SPARK_LOG_DIR=str(tmp_path / "logs"), PYSPARK_PYTHON=sys.executable,
+        SPARK_HOME=SPARK_HOME,
+        SPARK_LOCAL_IP="127.0.0.1",
+        SPARK_NO_DAEMONIZE="1",
+        SPARK_LOG_DIR=str(tmp_path / "logs"),
+        PYSPARK_PYTHON=sys.executable,
         PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
     )
     master_port, master_ui = free_port(), free_port()
     master_url = f"spark://127.0.0.1:{master_port}"
     started: list[subprocess.Popen] = []
     config = ClusterConfig(
-        state_dir=str(tmp_path / "state"), master=master_url, ray_max_worker_nodes=1, idle_timeout_s=600.0,
+        state_dir=str(tmp_path / "state"),
+        master=master_url,
+        ray_max_worker_nodes=1,
+        idle_timeout_s=600.0,
         spark_conf={"spark.executor.memory": "1g", "spark.executor.cores": "2"},
     )
     snapshot: dict[int, float] = {}
     try:
-        started.append(_spark_class(
-            ["org.apache.spark.deploy.master.Master", "--host", "127.0.0.1", "--port", str(master_port),
-             "--webui-port", str(master_ui)],
-            str(tmp_path / "master.log"), env,
-        ))
+        started.append(
+            _spark_class(
+                [
+                    "org.apache.spark.deploy.master.Master",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(master_port),
+                    "--webui-port",
+                    str(master_ui),
+                ],
+                str(tmp_path / "master.log"),
+                env,
+            )
+        )
         deadline = time.monotonic() + 90
         while not port_open("127.0.0.1", master_port) and time.monotonic() < deadline:
             time.sleep(0.5)
         assert port_open("127.0.0.1", master_port), (tmp_path / "master.log").read_text()[-3000:]
         for i in range(2):
-            started.append(_spark_class(
-                ["org.apache.spark.deploy.worker.Worker", master_url, "--host", "127.0.0.1", "--cores", "2",
-                 "--memory", "3g", "--webui-port", str(free_port()), "--work-dir", str(tmp_path / f"work{i}")],
-                str(tmp_path / f"worker{i}.log"), env,
-            ))
+            started.append(
+                _spark_class(
+                    [
+                        "org.apache.spark.deploy.worker.Worker",
+                        master_url,
+                        "--host",
+                        "127.0.0.1",
+                        "--cores",
+                        "2",
+                        "--memory",
+                        "3g",
+                        "--webui-port",
+                        str(free_port()),
+                        "--work-dir",
+                        str(tmp_path / f"work{i}"),
+                    ],
+                    str(tmp_path / f"worker{i}.log"),
+                    env,
+                )
+            )
         while _alive_workers(master_ui) < 2 and time.monotonic() < deadline:
             time.sleep(0.5)
         assert _alive_workers(master_ui) == 2
