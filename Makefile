@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: install
-	$(PY) -m airflow_bigdata_ai.demo
+	$(PY) -m airflow_bigdata_ai.demo --home $(CURDIR)/.demo --dags $(CURDIR)/dags_examples
 
 test: install
 	$(PY) -m pytest tests

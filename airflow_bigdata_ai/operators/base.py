@@ -1,7 +1,8 @@
 """Shared plumbing for operators that run on the shared cluster.
 
 Translates Airflow context into core calls: which connection, where the date-partitioned output goes,
-who produced it (for the reference), and the extra links of the cluster the task actually used.
+who produced it (for the reference), the extra links of the cluster the task actually used, and the
+Asset events that carry the reference to asset-scheduled DAGs.
 """
 
 from __future__ import annotations
@@ -79,3 +80,16 @@ class SharedClusterOperator(BaseOperator):
         if getattr(ti, "map_index", -1) not in (-1, None):
             location = f"{location}/map_index={ti.map_index}"
         return store, location
+
+    def post_execute(self, context: Context, result: Any = None) -> None:
+        """Attach the reference to every Asset outlet's event, so asset-scheduled DAGs receive it."""
+        super().post_execute(context, result)
+        if not isinstance(result, dict) or result.get("kind") not in ("ShardSet", "ModelRef"):
+            return
+        from airflow.sdk import Asset
+
+        uri = result.get("manifest_uri") or result.get("weights_uri")
+        for outlet in self.outlets or ():
+            if isinstance(outlet, Asset):
+                event = context["outlet_events"][outlet]
+                event.extra.update({"kind": result["kind"], "uri": uri, "reference": result})
