@@ -295,9 +295,10 @@ def stop_current_job(timeout: float = 30.0) -> list[str]:
 
     if not ray.is_initialized():
         return []
-    job_id = ray.get_runtime_context().get_job_id()
+    context = ray.get_runtime_context()
+    job_id, address = context.get_job_id(), context.gcs_address
     ray.shutdown()
-    return wait_job_actors_gone(job_id, timeout)
+    return wait_job_actors_gone(job_id, timeout, address=address)
 
 
 def wait_job_actors_gone(job_id: str, timeout: float = 30.0, address: str | None = None) -> list[str]:

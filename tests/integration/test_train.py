@@ -31,8 +31,8 @@ from tests.integration.conftest import subprocess_env
 pytestmark = pytest.mark.integration
 
 FACTORY = "airflow_bigdata_ai.models.digits:make_digits_cnn"
-EPOCHS = 5
-SETTINGS: dict[str, Any] = {"epochs": EPOCHS, "batch_size": 32, "lr": 2e-3, "num_workers": 2, "val_fraction": 0.2}
+EPOCHS = 6
+SETTINGS: dict[str, Any] = {"epochs": EPOCHS, "batch_size": 32, "lr": 5e-3, "num_workers": 2, "val_fraction": 0.2}
 
 
 @dataclass
@@ -172,3 +172,97 @@ def test_killed_task_process_resumes_from_checkpoint(shared_cluster: Any, attach
     ref = train(digits.shardset, digits.store, FACTORY, config=TrainConfig(**settings), run=run)
     assert ref.metrics["resumed_from_epoch"] > 0, ref.metrics
     assert ref.metrics["val_accuracy"] >= 0.9, ref.metrics
+
+
+# -- the operator itself (no scheduler: a minimal context, the hook replaced by the test cluster) -------------
+OPERATOR_DRIVER = textwrap.dedent(
+    """
+    import json, os, signal, sys, time
+    from types import SimpleNamespace
+    from airflow_bigdata_ai.cluster import ClusterConfig, attach
+    from airflow_bigdata_ai.operators.train import RayTrainOperator
+    from airflow_bigdata_ai.shards import open_store
+
+    state_dir, root, shardset, settings, out = sys.argv[1:6]
+
+    class Hook:
+        store_root = root
+        def attach(self):
+            return attach(ClusterConfig(state_dir=state_dir, mode="remote"))
+        def store_for(self, uri=None):
+            return open_store(root)
+
+    op = RayTrainOperator(task_id="train", train_data=json.loads(shardset),
+                          model_factory="airflow_bigdata_ai.models.digits:make_digits_cnn", **json.loads(settings))
+    op.__dict__["hook"] = Hook()
+    ti = SimpleNamespace(dag_id="train_it", task_id="train", run_id=os.environ["RUN_ID"], try_number=1, map_index=-1,
+                         xcom_push=lambda **kw: None)
+
+    def on_term(signum, frame):
+        import ray
+        with open(out + ".job", "w") as handle:
+            handle.write(ray.get_runtime_context().get_job_id())
+        op.on_kill()
+        os._exit(143)
+
+    signal.signal(signal.SIGTERM, on_term)
+    result = op.execute({"ti": ti, "logical_date": None})
+    with open(out, "w") as handle:
+        json.dump(result, handle)
+    """
+)
+
+
+def _run_operator(shared_cluster: Any, digits: Digits, tmp_path: Any, run_id: str, settings: dict[str, Any]) -> Any:
+    out = str(tmp_path / f"{run_id}.json")
+    args = [shared_cluster.config.state_dir, digits.root, digits.shardset.to_json(), json.dumps(settings), out]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", OPERATOR_DRIVER, *args],
+        env=subprocess_env(RUN_ID=run_id),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    return proc, out
+
+
+def test_operator_returns_modelref_and_logs_progress(shared_cluster: Any, digits: Digits, tmp_path: Any) -> None:
+    proc, out = _run_operator(shared_cluster, digits, tmp_path, "operator_ok", {**SETTINGS, "epochs": 2})
+    try:
+        output, _ = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, output[-3000:]
+    ref = ModelRef.from_dict(json.load(open(out)))
+    assert ref.metrics["epochs"] == 2 and ref.producer.run_id == "operator_ok"
+    assert "epoch 2/2" in output and "val_accuracy=" in output and "samples/s=" in output
+    assert load_model(ref, digits.store) is not None
+
+
+def test_operator_on_kill_leaves_no_ray_actor(
+    shared_cluster: Any, attached: Any, digits: Digits, tmp_path: Any
+) -> None:
+    from airflow_bigdata_ai.train.core import wait_job_actors_gone
+
+    run = RunKey("train_it", "train", "operator_kill")
+    events = checkpoint_uri(digits.store, run).join("events")
+    proc, out = _run_operator(shared_cluster, digits, tmp_path, "operator_kill", {**SETTINGS, "epochs": 20})
+    try:
+        deadline = time.monotonic() + 400
+        while time.monotonic() < deadline and proc.poll() is None:
+            if any(json.loads(digits.store.read_bytes(u))["type"] == "epoch" for u in digits.store.list(events)):
+                break
+            time.sleep(0.5)
+        assert proc.poll() is None, "the operator ended before it could be killed"
+        os.kill(proc.pid, signal.SIGTERM)  # what Airflow sends; the handler calls on_kill()
+        output, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+    assert "no Ray actor of this task is left" in output, output[-3000:]
+    attached.ray()
+    job_id = open(out + ".job").read().strip()
+    assert wait_job_actors_gone(job_id, timeout=30) == []
+    assert not os.path.exists(out)
