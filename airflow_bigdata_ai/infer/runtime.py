@@ -25,13 +25,13 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # Requests of about this many input elements amortise per-request overhead without blowing caches.
-_TARGET_REQUEST_ELEMENTS = 1 << 18
+_TARGET_REQUEST_ELEMENTS = 1 << 14
 
 
 def default_request_batch(input_shape: Sequence[int]) -> int:
-    """Power-of-two request batch: 64 for 8x8 digits, 2 for 224x224 RGB."""
+    """Power-of-two request batch: 256 for 8x8 digits, 1 for 224x224 RGB (measured best on 2 cores)."""
     elements = math.prod(input_shape)
-    batch = max(1, min(64, _TARGET_REQUEST_ELEMENTS // max(elements, 1)))
+    batch = max(1, min(256, _TARGET_REQUEST_ELEMENTS // max(elements, 1)))
     return 1 << (batch.bit_length() - 1)
 
 
