@@ -1,7 +1,7 @@
 """Engines that run a :class:`ShardJob`: Spark (through Spark Connect) and in-process.
 
 The Spark plan uses only DataFrame APIs that work over Spark Connect (no SparkContext, no RDDs):
-a one-row seed -> ``mapInArrow`` listing on an executor -> ``localCheckpoint`` -> ``repartitionByRange``
+a one-row seed -> ``mapInArrow`` listing on an executor -> ``cache`` -> ``repartitionByRange``
 on the shard number -> ``mapInArrow`` that writes shards and returns summary rows, streamed back with
 ``toLocalIterator`` so the task log shows progress while the job runs.
 """
@@ -161,12 +161,15 @@ def run_spark(
     """Run ``job`` data-parallel; returns the summary rows. ``tag`` lets ``interruptTag`` cancel just this."""
     start = time.monotonic()
     ship_by_value(job.transform)
+    listing: Any = None
     if tag:
         spark.addTag(tag)
     try:
         try:
             seed = spark.createDataFrame([(0,)], "seed int")
-            listing = seed.mapInArrow(_list_partition(job, rows_per_shard), UNIT_DDL).localCheckpoint()
+            # cache(), not localCheckpoint(): pyspark 4.3's Connect client binds checkpointed DataFrames to the
+            # process's *active* session, which breaks when a process holds several sessions (tests, notebooks).
+            listing = seed.mapInArrow(_list_partition(job, rows_per_shard), UNIT_DDL).cache()
             counts = listing.selectExpr("count(1) AS n", "coalesce(max(shard), -1) + 1 AS shards").collect()[0]
             total, shards = int(counts["n"]), int(counts["shards"])
             log.info(
@@ -193,6 +196,11 @@ def run_spark(
             _reraise_source_error(exc)
             raise
     finally:
+        if listing is not None:
+            try:
+                listing.unpersist()
+            except Exception:  # the session may be gone (interrupted, stopped): the server drops its cache then
+                log.debug("unpersist of the listing failed", exc_info=True)
         if tag:
             spark.removeTag(tag)
     return rows

@@ -141,6 +141,16 @@ def test_user_function_from_non_installed_module(spark, data, tmp_path):
     _assert_samples_match(open_store(out), shardset, data["png"], brighter)
 
 
+def test_second_session_in_the_same_process(spark, shared_cluster, data, tmp_path):
+    """Operators attach their own session while the process may hold another (regression: DATAFRAME_NOT_FOUND)."""
+    from airflow_bigdata_ai.cluster import attach
+
+    with attach(shared_cluster.config) as other:
+        shardset = preprocess(data["png"], str(tmp_path / "out"), spark=other.spark(), transform=DIGITS_FN)
+    assert shardset.num_rows == 1797
+    assert spark.range(2).count() == 2
+
+
 def test_missing_source_fails_as_infrastructure(spark, tmp_path):
     with pytest.raises(SourceError, match="does not exist or is empty"):
         preprocess(str(tmp_path / "missing"), str(tmp_path / "out"), spark=spark)
