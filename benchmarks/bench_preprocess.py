@@ -4,7 +4,7 @@ Same files, one run, one ratio. The operator's figure is end to end (attach, lis
 decode/resize, Parquet shards, commit); the baseline only decodes and resizes in a loop, so the ratio
 shows what the engine costs on top of the parallelism it buys. Goal on 2 cores: ratio >= 1.5.
 
-    python benchmarks/bench_preprocess.py [--count 2000] [--size 640x480] [--spark hook|local]
+    python benchmarks/bench_preprocess.py [--count 1500] [--size 1024x768] [--spark hook|local]
 """
 
 from __future__ import annotations
@@ -113,9 +113,9 @@ def run_operator(source: str, output: str, spark_mode: str, rows_per_shard: int)
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--count", type=int, default=2000)
-    parser.add_argument("--size", default="640x480", help="WIDTHxHEIGHT of the generated JPEGs")
-    parser.add_argument("--rows-per-shard", type=int, default=125)
+    parser.add_argument("--count", type=int, default=1500)
+    parser.add_argument("--size", default="1024x768", help="WIDTHxHEIGHT of the generated JPEGs (photo-sized)")
+    parser.add_argument("--rows-per-shard", type=int, default=100)
     parser.add_argument("--spark", choices=("hook", "local"), default="hook", help="shared cluster or local[2]")
     parser.add_argument("--data-dir", default=os.path.join(tempfile.gettempdir(), "abai-bench-preprocess"))
     parser.add_argument("--json", help="also write the result here")

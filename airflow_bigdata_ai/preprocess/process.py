@@ -27,7 +27,7 @@ from airflow_bigdata_ai.preprocess.errors import (
 from airflow_bigdata_ai.preprocess.images import ImageGuards, ImagePipeline, decode_image
 from airflow_bigdata_ai.preprocess.sources import SourceSpec, read_tabular
 from airflow_bigdata_ai.shards.dataset import ShardWriter
-from airflow_bigdata_ai.shards.store import ShardStore
+from airflow_bigdata_ai.shards.store import LocalStore, ShardStore
 from airflow_bigdata_ai.shards.tensors import encode_tensors, tensor_field
 
 TransformLike = Callable[[Any], Any] | str | Sequence[Mapping[str, Any]] | ImagePipeline | None
@@ -246,7 +246,9 @@ class ShardJob:
         """(record_id, uri, label, payload) where payload is bytes or Quarantined or a row dict."""
         if self.source.format == "images":
             to_read = [u["uri"] for u in units if not u.get("label_error")]
-            contents = prefetch(self.source_store.read_bytes, to_read, self.read_ahead)
+            # local reads are page-cache fast: threads would only add GIL traffic
+            window = 1 if isinstance(self.source_store, LocalStore) else self.read_ahead
+            contents = prefetch(self.source_store.read_bytes, to_read, window)
             for unit in units:
                 if unit.get("label_error"):
                     yield unit["record_id"], unit["uri"], None, Quarantined(BAD_LABEL, unit["label_error"])
