@@ -81,6 +81,7 @@ def _setup_logging(cluster_id: str) -> None:
         stream=sys.stdout,
         format=f"%(asctime)s %(levelname)s [service {cluster_id}] %(name)s: %(message)s",
     )
+    logging.getLogger("py4j").setLevel(logging.WARNING)
 
 
 def _setup_env(token: str, loopback: bool) -> None:
@@ -267,13 +268,21 @@ def serve(state_dir: str, cluster_id: str) -> int:
     log.info("endpoint published: %s", json.dumps({k: v for k, v in endpoint.to_dict().items() if k != "versions"}))
     log.info("cold start %.1f s (Spark %.1f s + Ray %.1f s)", t_spark + t_ray, t_spark, t_ray)
 
-    started = time.time()
+    last_busy = time.time()
+    tracker = spark.sparkContext.statusTracker()
     while not stop_event.wait(1.0):
         if config.idle_timeout_s and config.idle_timeout_s > 0:
+            # busy = a running Spark job (Spark Connect work, or Ray worker nodes, which are Spark tasks
+            # and scale down when Ray is idle); otherwise idle time counts from the last attach
             try:
-                last = max(started, os.path.getmtime(paths.last_attach))
+                if tracker.getActiveJobsIds():
+                    last_busy = time.time()
+            except Exception:
+                log.debug("status tracker failed", exc_info=True)
+            try:
+                last = max(last_busy, os.path.getmtime(paths.last_attach))
             except OSError:
-                last = started
+                last = last_busy
             if time.time() - last > config.idle_timeout_s:
                 log.info("idle for more than %.0f s: stopping", config.idle_timeout_s)
                 break
