@@ -56,7 +56,7 @@ def digits_e2e():
         task_id="train",
         train_data=features.output,
         model_factory="airflow_bigdata_ai.models.digits:make_digits_cnn",
-        epochs=max(SCALE.epochs, 4),
+        epochs=SCALE.epochs,
         batch_size=64,
         lr=2e-3,
         num_workers=2,

@@ -1,7 +1,8 @@
 """Source data and sizing for the example DAGs (and the demo): generated on the machine, no downloads.
 
 ``AIRFLOW_BIGDATA_AI_EXAMPLE_SCALE`` picks the size: ``full`` (the demo) or ``tiny`` (tests that run the
-example DAGs through the real scheduler several times). Read at DAG-parse time, so it is cheap.
+example DAGs through the real scheduler several times; f32 there, because an accuracy gate measured on a
+few dozen held-out rows is too coarse to be a stable test). Read at DAG-parse time, so it is cheap.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ class ExampleScale:
 
 SCALES = {
     "full": ExampleScale(traffic_images=1500, digits_limit=None, epochs=6, traffic_size=48, precision="int8"),
-    "tiny": ExampleScale(traffic_images=200, digits_limit=400, epochs=2, traffic_size=48, precision="int8"),
+    "tiny": ExampleScale(traffic_images=150, digits_limit=300, epochs=2, traffic_size=32, precision="f32"),
 }
 
 

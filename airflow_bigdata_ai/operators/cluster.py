@@ -40,6 +40,7 @@ class TeardownRayOnSparkClusterOperator(SharedClusterOperator):
     """
 
     template_fields = ("keep_running",)
+    operator_extra_links = ()  # it does not attach, so it records no cluster links
     ui_color = "#ffefe8"
 
     def __init__(self, *, keep_running: bool | str = False, **kwargs: Any) -> None:

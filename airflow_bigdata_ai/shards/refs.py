@@ -194,7 +194,7 @@ class ModelRef(_Reference):
     weights_uri: str
     weights_sha256: str
     model_factory: str
-    input_shape: list[int]
+    input_shape: list[int]  # one sample, without the batch dimension (e.g. [1, 8, 8])
     factory_kwargs: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     trained_on: dict[str, Any] | None = None

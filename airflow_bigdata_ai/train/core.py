@@ -256,7 +256,7 @@ def train(
         weights_uri=metrics["weights_uri"],
         weights_sha256=metrics["weights_sha256"],
         model_factory=model_factory,
-        input_shape=[1, *[int(d) for d in feature_shape]],
+        input_shape=[int(d) for d in feature_shape],  # one sample, no batch dimension
         factory_kwargs=dict(factory_kwargs or {}),
         metrics={
             "val_accuracy": metrics["val_accuracy"],
