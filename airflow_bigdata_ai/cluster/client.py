@@ -185,6 +185,24 @@ def _start_service(config: ClusterConfig, paths: StatePaths) -> ClusterEndpoint:
     )
 
 
+def _wait_for_starting_service(config: ClusterConfig, paths: StatePaths) -> ClusterEndpoint | None:
+    """A service still starting whose starter went away (e.g. a killed task): wait for it instead of
+    killing it and paying the cold start again."""
+    service = read_json(paths.service) or {}
+    pid, created = int(service.get("pid") or 0), service.get("create_time")
+    if not pid or not procs.is_alive(pid, created):
+        return None
+    log.info("cluster service %s is still starting: waiting for it", pid)
+    deadline = time.monotonic() + config.start_timeout_s
+    while time.monotonic() < deadline and procs.is_alive(pid, created):
+        endpoint = _read_endpoint(paths)
+        if endpoint is not None and endpoint.pid == pid and _probe(endpoint, check_pid=True) is None:
+            _touch(paths.last_attach)
+            return endpoint
+        time.sleep(0.25)
+    return None
+
+
 def ensure_cluster(config: ClusterConfig) -> ClusterEndpoint:
     """Return the running cluster's endpoint; in embedded mode start (or replace a dead) service first.
 
@@ -214,6 +232,10 @@ def ensure_cluster(config: ClusterConfig) -> ClusterEndpoint:
                 _touch(paths.last_attach)
                 return endpoint
             log.warning("replacing dead shared cluster: %s", problem)
+        else:
+            adopted = _wait_for_starting_service(config, paths)
+            if adopted is not None:
+                return adopted
         killed = _cleanup_dead(paths)
         if killed:
             log.warning("ended %d leftover processes of a previous service", len(killed))
