@@ -12,6 +12,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from airflow_bigdata_ai.cluster.config import default_state_dir, state_root
+
 DEFAULT_CONN_ID = "ray_on_spark_default"
 CONN_TYPE = "ray_on_spark"
 
@@ -62,12 +64,6 @@ RAY_ON_SPARK_UI_BEHAVIOUR: dict[str, Any] = {
 }
 
 
-def default_state_root() -> str:
-    return os.environ.get(
-        "AIRFLOW_BIGDATA_AI_HOME", os.path.join(os.path.expanduser("~"), ".cache", "airflow-bigdata-ai")
-    )
-
-
 @dataclass(frozen=True)
 class ConnectionSettings:
     """What a ``ray_on_spark`` connection says, with defaults for a missing connection (embedded)."""
@@ -98,9 +94,9 @@ class ConnectionSettings:
         if mode not in ("embedded", "remote"):
             raise ValueError(f"connection {conn_id!r}: mode must be 'embedded' or 'remote', got {mode!r}")
         safe_id = "".join(c if c.isalnum() or c in "-_" else "_" for c in conn_id)
-        state_dir = extras.get("state_dir") or os.path.join(default_state_root(), "clusters", safe_id)
+        state_dir = extras.get("state_dir") or default_state_dir(safe_id)
         store_root = extras.get("store_root") or os.environ.get(
-            "AIRFLOW_BIGDATA_AI_STORE", os.path.join(default_state_root(), "store")
+            "AIRFLOW_BIGDATA_AI_STORE", os.path.join(state_root(), "store")
         )
         return cls(
             conn_id=conn_id,

@@ -21,17 +21,25 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 ENV_STATE_DIR = "AIRFLOW_BIGDATA_AI_STATE_DIR"
+ENV_HOME = "AIRFLOW_BIGDATA_AI_HOME"
+DEFAULT_CLUSTER_NAME = "ray_on_spark_default"
 
 
 class ClusterUnavailable(RuntimeError):
     """The shared cluster is not reachable (remote mode) or could not be started (embedded mode)."""
 
 
-def default_state_dir() -> str:
+def state_root() -> str:
+    """Home of everything the provider keeps locally: ``$AIRFLOW_BIGDATA_AI_HOME`` or ~/.cache/airflow-bigdata-ai."""
+    return os.environ.get(ENV_HOME) or os.path.join(os.path.expanduser("~"), ".cache", "airflow-bigdata-ai")
+
+
+def default_state_dir(name: str = DEFAULT_CLUSTER_NAME) -> str:
+    """The state directory of cluster ``name`` (the CLI and the default connection share ``ray_on_spark_default``)."""
     env = os.environ.get(ENV_STATE_DIR)
-    if env:
+    if env and name == DEFAULT_CLUSTER_NAME:
         return env
-    return os.path.join(os.path.expanduser("~"), ".cache", "airflow-bigdata-ai", "clusters", "default")
+    return os.path.join(state_root(), "clusters", name)
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ import hashlib
 import os
 from dataclasses import dataclass
 
-from airflow_bigdata_ai.connection import default_state_root
+from airflow_bigdata_ai.cluster.config import state_root
 
 TRAFFIC_CLASSES = ("bicycle", "bus", "car", "pedestrian", "truck")
 
@@ -39,7 +39,7 @@ def example_scale() -> ExampleScale:
 
 
 def sources_root() -> str:
-    return os.environ.get("AIRFLOW_BIGDATA_AI_SOURCES", os.path.join(default_state_root(), "sources"))
+    return os.environ.get("AIRFLOW_BIGDATA_AI_SOURCES", os.path.join(state_root(), "sources"))
 
 
 def day_seed(ds: str) -> int:
