@@ -196,8 +196,8 @@ def bench_model(
                 "request_batch": predictor.request_batch,
                 "infer_requests": predictor.nireq,
             }
-        for name, seconds in interleaved(fns, repeats).items():
-            rows[name]["seconds"] = seconds
+        for method, seconds in interleaved(fns, repeats).items():
+            rows[method]["seconds"] = seconds
     base = len(batch) / rows["torch_eager"]["seconds"]
     for row in rows.values():
         row["images_per_s"] = len(batch) / row["seconds"]
@@ -271,6 +271,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             ceiling,
         )
     )
+    again = fp32_ceiling(2048 if args.fast else 4096, 2 if args.fast else 3)  # the box is shared: best of both
+    matmuls = {k: max(v, again[k]) for k, v in matmuls.items()}
+    if max(matmuls.values()) > ceiling:
+        ceiling = max(matmuls.values())
+        print(f"FP32 ceiling re-measured after the models: {ceiling:.1f} GFLOP/s", flush=True)
+        for res in results:
+            for row in res["methods"].values():
+                row["pct_fp32_ceiling"] = 100.0 * row["gflops"] / ceiling
     print(f"\n{'model':<14} {'method':<15} {'img/s':>9} {'x torch':>8} {'GFLOP/s':>8} {'% FP32 peak':>11}  runtime")
     for res in results:
         for method, row in res["methods"].items():
