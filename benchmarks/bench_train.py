@@ -6,7 +6,7 @@ in the object store, TorchTrainer with 2 DDP workers x 1 CPU over gloo). The bas
 Steady-state epochs (the first is excluded: worker start-up, Ray Data materialisation) give the ratio.
 Goal on 2 cores: ratio <= 1.3.
 
-    python benchmarks/bench_train.py [--rows 12000] [--size 32] [--epochs 4] [--cluster hook|local]
+    python benchmarks/bench_train.py [--rows 12000] [--size 32] [--epochs 4] [--cluster hook|local] [--state-dir D]
 """
 
 from __future__ import annotations
@@ -94,6 +94,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--val-fraction", type=float, default=0.1)
     parser.add_argument("--cluster", choices=("hook", "local"), default="hook")
+    parser.add_argument("--state-dir", help="attach to the running shared cluster of this state dir (remote mode)")
     args = parser.parse_args(argv)
 
     import ray
@@ -113,7 +114,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     plain = plain_loop(base_images, base_labels, args, kwargs)
     attached = None
-    if args.cluster == "hook":
+    if args.state_dir:
+        from airflow_bigdata_ai.cluster import ClusterConfig, attach
+
+        attached = attach(ClusterConfig(state_dir=args.state_dir, mode="remote"))
+        attached.ray()
+    elif args.cluster == "hook":
         from airflow_bigdata_ai.hooks.ray_on_spark import RayOnSparkHook
 
         attached = RayOnSparkHook().attach()

@@ -161,7 +161,7 @@ def train(
     """
     import ray
     import ray.train
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.torch import TorchConfig
 
     if not ray.is_initialized():
         raise RuntimeError("connect to the cluster first (AttachedCluster.ray() or ray.init(address=...))")
@@ -215,7 +215,7 @@ def train(
         has_val=val_ds is not None,
     )
     datasets = {"train": train_ds} | ({"val": val_ds} if val_ds is not None else {})
-    trainer = TorchTrainer(
+    trainer = _make_trainer(
         train_loop,
         train_loop_config={"spec": spec},
         torch_config=TorchConfig(backend="gloo"),
@@ -246,6 +246,8 @@ def train(
             result = trainer.fit()
         except Exception as exc:
             raise TrainingFailed(f"Ray Train failed for run {run.run_id}: {exc}") from exc
+        finally:
+            _ACTIVE_CONTROLLERS.clear()
     if getattr(result, "error", None) is not None:
         raise TrainingFailed(f"Ray Train failed for run {run.run_id}: {result.error}")
     metrics = dict(result.metrics or {})
@@ -285,6 +287,29 @@ def train(
     return ref
 
 
+_ACTIVE_CONTROLLERS: list[Any] = []
+
+
+def _abortable_trainer_class() -> type:
+    """TorchTrainer that remembers its controller, so on_kill can abort it the way Ctrl-C does.
+
+    A graceful abort also stops Ray Train's detached PlacementGroupCleaner; merely disconnecting the driver
+    leaves that actor behind when it cannot reach the state API.
+    """
+    from ray.train.torch import TorchTrainer
+
+    class AbortableTorchTrainer(TorchTrainer):  # type: ignore[misc]
+        def _register_sigint_handler(self, controller: Any) -> None:
+            _ACTIVE_CONTROLLERS.append(controller)
+            super()._register_sigint_handler(controller)
+
+    return AbortableTorchTrainer
+
+
+def _make_trainer(*args: Any, **kwargs: Any) -> Any:
+    return _abortable_trainer_class()(*args, **kwargs)
+
+
 def stop_current_job(timeout: float = 30.0) -> list[str]:
     """Stop everything this Ray driver started (trainer controller, workers, Ray Data) and disconnect.
 
@@ -297,6 +322,12 @@ def stop_current_job(timeout: float = 30.0) -> list[str]:
         return []
     context = ray.get_runtime_context()
     job_id, address = context.get_job_id(), context.gcs_address
+    while _ACTIVE_CONTROLLERS:
+        controller = _ACTIVE_CONTROLLERS.pop()
+        try:
+            ray.get(controller.abort.remote(), timeout=timeout)
+        except Exception:  # already gone, or aborting raced with the end of the run
+            log.debug("controller abort failed", exc_info=True)
     ray.shutdown()
     return wait_job_actors_gone(job_id, timeout, address=address)
 
