@@ -54,18 +54,21 @@ def format_summary(summary: dict[str, Any], task_seconds: dict[str, float] | Non
 
     def fmt(value: Any) -> str:
         if isinstance(value, float):
-            return f"{value:.4f}" if value < 1 else f"{value:,.1f}"
+            return f"{value:,.1f}"
         return "-" if value is None else str(value)
+
+    def pct(value: Any) -> str:
+        return "-" if value is None else f"{100 * float(value):.2f}%"
 
     lines = [
         f"{'rows (ok / inputs)':<34}{fmt(summary['rows'])} / {fmt(summary['inputs'])}",
         f"{'quarantined':<34}{fmt(summary['quarantined'])} {summary['quarantined_by_reason'] or ''}",
-        f"{'validation accuracy (torch)':<34}{fmt(summary['val_accuracy_torch'])}",
-        f"{'accuracy FP32 (OpenVINO, holdout)':<34}{fmt(summary['accuracy_f32'])}",
+        f"{'validation accuracy (torch)':<34}{pct(summary['val_accuracy_torch'])}",
+        f"{'accuracy FP32 (OpenVINO, holdout)':<34}{pct(summary['accuracy_f32'])}",
     ]
     precision = summary["precision_used"]
     if precision != "f32":
-        lines.append(f"{f'accuracy {precision.upper()} (holdout)':<34}{fmt(summary.get(f'accuracy_{precision}'))}")
+        lines.append(f"{f'accuracy {precision.upper()} (holdout)':<34}{pct(summary.get(f'accuracy_{precision}'))}")
     lines.append(f"{'precision that ran':<34}{precision}")
     for stage, rate in summary["images_per_s"].items():
         lines.append(f"{f'images/s {stage}':<34}{fmt(rate)}")
