@@ -28,6 +28,7 @@ class SparkPreprocessOperator(SharedClusterOperator):
         :class:`~airflow_bigdata_ai.preprocess.SourceSpec` fields (``uri``, ``format``, ``labels``, ``classes``...).
     :param transform: a callable (image -> array or dict), an import path ``"pkg.module:function"``, or a
         list of built-in steps (``convert``, ``resize``, ``center_crop``, ``crop``, ``to_tensor``, ``normalize``).
+    :param transform_kwargs: keyword arguments for a user function (templated, e.g. ``{"size": "{{ params.size }}"}``).
     :param guards: ``{"max_pixels": ..., "channels": [...]}`` checked before decoding / before user code.
     :param output_uri: full output location; default is ``<output_root>/<dag>/<task>/ds=<logical date>``.
     :param max_bad_fraction: fail (without retries) when more than this fraction is quarantined.
@@ -38,19 +39,21 @@ class SparkPreprocessOperator(SharedClusterOperator):
         "output_uri",
         "output_root",
         "transform",
+        "transform_kwargs",
         "guards",
         "output_spec",
         "rows_per_shard",
         "max_bad_fraction",
     )
-    template_fields_renderers = {"source": "json", "transform": "json", "guards": "json"}
+    template_fields_renderers = {"source": "json", "transform": "json", "transform_kwargs": "json", "guards": "json"}
     ui_color = "#fdf1e3"
 
     def __init__(
         self,
         *,
         source: str | Mapping[str, Any],
-        transform: Callable[[Any], Any] | str | Sequence[Mapping[str, Any]] | None = None,
+        transform: Callable[..., Any] | str | Sequence[Mapping[str, Any]] | None = None,
+        transform_kwargs: Mapping[str, Any] | None = None,
         guards: Mapping[str, Any] | None = None,
         output_spec: Mapping[str, Sequence[Any]] | None = None,
         output_uri: str | None = None,
@@ -62,6 +65,7 @@ class SparkPreprocessOperator(SharedClusterOperator):
         super().__init__(**kwargs)
         self.source = source
         self.transform = transform
+        self.transform_kwargs = transform_kwargs
         self.guards = guards
         self.output_spec = output_spec
         self.output_uri = output_uri
@@ -105,6 +109,7 @@ class SparkPreprocessOperator(SharedClusterOperator):
                 location,
                 spark=self._spark,
                 transform=self.transform,
+                transform_kwargs=self.transform_kwargs,
                 guards=self.guards,
                 output_spec={k: tuple(v) for k, v in self.output_spec.items()} if self.output_spec else None,
                 rows_per_shard=int(self.rows_per_shard),

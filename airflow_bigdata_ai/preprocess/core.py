@@ -39,6 +39,7 @@ def preprocess(
     *,
     spark: SparkSession | None = None,
     transform: TransformLike = None,
+    transform_kwargs: Mapping[str, Any] | None = None,
     guards: ImageGuards | Mapping[str, Any] | None = None,
     output_spec: Mapping[str, tuple[Any, ...]] | None = None,
     rows_per_shard: int = DEFAULT_ROWS_PER_SHARD,
@@ -61,6 +62,8 @@ def preprocess(
         raise ValueError("rows_per_shard must be >= 1")
     if not 0.0 <= max_bad_fraction <= 1.0:
         raise ValueError("max_bad_fraction must be within [0, 1]")
+    if transform_kwargs and (transform is None or not (callable(transform) or isinstance(transform, str))):
+        raise TypeError("transform_kwargs are for user functions; put built-in options in the steps")
     spec = SourceSpec.coerce(source)
     source_store = source_store or open_store(str(spec.root), s3_options)
     output_store = output_store or open_store(output_uri, s3_options)
@@ -70,6 +73,7 @@ def preprocess(
         source_store=source_store,
         writer=writer,
         transform=transform,
+        transform_kwargs=dict(transform_kwargs or {}),
         guards=ImageGuards.coerce(guards),
         output_spec={k: tuple(v) for k, v in output_spec.items()} if output_spec else None,
     )
@@ -141,6 +145,7 @@ def _finish(
         "quarantine_report": {"uri": report_uri, "sha256": report_info.sha256, "records": len(bad)},
         "source": spec.to_dict(),
         "transform": describe_transform(job.transform),
+        "transform_kwargs": job.transform_kwargs,
         "elapsed_s": round(elapsed, 3),
         "shard_wall_s": round(sum(r["wall_s"] or 0.0 for r in shard_rows), 3),
         "shard_cpu_s": round(sum(r["cpu_s"] or 0.0 for r in shard_rows), 3),

@@ -15,9 +15,10 @@ def digits_float(image: Image.Image) -> np.ndarray:
     return (array / np.float32(255.0))[None, :, :]
 
 
-def rgb_64(image: Image.Image) -> np.ndarray:
-    """Any image -> uint8 CHW [3, 64, 64] (RGB, bilinear resize)."""
-    resized = image.convert("RGB").resize((64, 64), Image.Resampling.BILINEAR)
+def rgb_64(image: Image.Image, size: int | str = 64) -> np.ndarray:
+    """Any image -> uint8 CHW [3, size, size] (RGB, bilinear resize); ``size`` may come from a template."""
+    side = int(size)
+    resized = image.convert("RGB").resize((side, side), Image.Resampling.BILINEAR)
     return np.ascontiguousarray(np.asarray(resized).transpose(2, 0, 1))
 
 

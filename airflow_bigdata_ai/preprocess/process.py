@@ -184,10 +184,11 @@ class ShardJob:
     source_store: ShardStore
     writer: ShardWriter
     transform: TransformLike = None
+    transform_kwargs: dict[str, Any] = field(default_factory=dict)
     guards: ImageGuards = field(default_factory=ImageGuards)
     output_spec: dict[str, tuple[Any, ...]] | None = None
     read_ahead: int = 8
-    _fn: Callable[[Any], Any] | None = field(default=None, repr=False)
+    _fn: Callable[..., Any] | None = field(default=None, repr=False)
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
@@ -195,9 +196,11 @@ class ShardJob:
         return state
 
     @property
-    def fn(self) -> Callable[[Any], Any]:
+    def fn(self) -> Callable[..., Any]:
         if self._fn is None:
             self._fn = resolve_transform(self.transform)
+            if self.transform_kwargs and isinstance(self._fn, ImagePipeline):
+                raise TypeError("transform_kwargs are for user functions; put built-in options in the steps")
         return self._fn
 
     def process_shard(self, shard: int, units: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -286,7 +289,7 @@ class ShardJob:
             arg = payload
         fn = self.fn  # an import error is a configuration error: it raises, it is not quarantined
         try:
-            return normalise_output(fn(arg), default)
+            return normalise_output(fn(arg, **self.transform_kwargs), default)
         except Quarantined:
             raise
         except Exception as exc:

@@ -248,3 +248,13 @@ def test_parquet_and_csv_sources(tmp_path):
     )  # fmt: skip
     assert result.schema["features"] == "tensor<float32>[2]"
     assert (result.num_rows, result.stats["by_reason"]) == (2, {"bad_label": 1})
+
+
+def test_transform_kwargs_reach_the_user_function(digits_root, tmp_path):
+    result = preprocess(
+        digits_root, str(tmp_path / "o"), transform="airflow_bigdata_ai.preprocess.examples:rgb_64",
+        transform_kwargs={"size": "16"}, progress=None,
+    )  # fmt: skip
+    assert result.schema["image"] == "tensor<uint8>[3,16,16]"
+    with pytest.raises(TypeError, match="transform_kwargs are for user functions"):
+        preprocess(digits_root, str(tmp_path / "p"), transform_kwargs={"size": 3}, progress=None)

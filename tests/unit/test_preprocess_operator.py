@@ -57,12 +57,14 @@ def test_template_fields_render_source_output_and_params():
         source={"uri": "/data/{{ ds }}/images", "classes": ["a", "b"]},
         output_uri="/out/{{ ds_nodash }}",
         transform=[{"op": "resize", "size": "{{ params.size }}"}],
+        transform_kwargs={"size": "{{ params.size }}"},
         max_bad_fraction="{{ params.bad }}",
     )
     op.render_template_fields({"ds": "2026-11-24", "ds_nodash": "20261124", "params": {"size": 8, "bad": 0.02}})
     assert op.source == {"uri": "/data/2026-11-24/images", "classes": ["a", "b"]}
     assert op.output_uri == "/out/20261124"
     assert op.transform == [{"op": "resize", "size": "8"}]
+    assert op.transform_kwargs == {"size": "8"}
     assert float(op.max_bad_fraction) == 0.02
 
 
