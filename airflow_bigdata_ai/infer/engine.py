@@ -368,10 +368,12 @@ def run_inference(
         if need_sample
         else (np.empty((0, *shape), np.float32), None)
     )
+    # int8: calibration rows first, held-out rows after them (disjoint); bf16 needs no calibration
+    cut = opts.calibration_samples if opts.precision == "int8" else 0
     calibration = sample_images[: opts.calibration_samples]
-    holdout = sample_images[opts.calibration_samples :]
-    holdout_labels = sample_labels[opts.calibration_samples :] if sample_labels is not None else None
-    if opts.precision == "int8" and len(holdout) == 0:
+    holdout = sample_images[cut:]
+    holdout_labels = sample_labels[cut:] if sample_labels is not None else None
+    if len(holdout) == 0:
         holdout, holdout_labels = calibration, sample_labels  # tiny inputs: gate on what there is
     built = irmod.get_or_build(
         ref, model_store, opts.precision, model_loader, lambda: calibration, calibration_source=data.manifest_uri

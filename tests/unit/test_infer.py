@@ -230,3 +230,19 @@ def test_options_validated():
         InferOptions(on_accuracy_drop="ignore").validate()
     with pytest.raises(ValueError, match="engine"):
         InferOptions(engine="dask").validate()
+
+
+def test_tiny_input_still_gated(env):
+    store, root, ref, _ = env
+    tiny = write_digits(store, f"file://{root}/data/tiny", shards=2, limit=60)
+    for precision in ("bf16", "int8"):
+        result = run_inference(
+            ref,
+            tiny,
+            f"file://{root}/out/tiny-{precision}",
+            model_store=store,
+            input_store=store,
+            options=InferOptions(engine="local", precision=precision),
+        )
+        assert result.summary["gate"]["checked"] and result.summary["gate"]["samples"] == 60
+        assert result.shardset.num_rows == 60
