@@ -217,7 +217,10 @@ def ensure_cluster(config: ClusterConfig) -> ClusterEndpoint:
             raise ClusterUnavailable(f"no shared cluster endpoint record at {paths.endpoint}")
         problem = _probe(endpoint, check_pid=False)
         if problem:
-            raise ClusterUnavailable(f"shared cluster unreachable: {problem}")
+            raise ClusterUnavailable(
+                f"shared cluster {endpoint.spark_connect_url} (Ray {endpoint.ray_address}, record {paths.endpoint}) "
+                f"unreachable: {problem}"
+            )
         _touch(paths.last_attach)
         return endpoint
     if endpoint is not None and _probe(endpoint, check_pid=True) is None:
