@@ -251,6 +251,8 @@ class ShardJob:
             to_read = [u["uri"] for u in units if not u.get("label_error")]
             # local reads are page-cache fast: threads would only add GIL traffic
             window = 1 if isinstance(self.source_store, LocalStore) else self.read_ahead
+            if window > 1:
+                getattr(self.source_store, "client", None)  # create a boto3 client once: creation is not thread-safe
             contents = prefetch(self.source_store.read_bytes, to_read, window)
             for unit in units:
                 if unit.get("label_error"):
