@@ -44,6 +44,7 @@ class SourceSpec:
     file with ``path,label`` rows (paths relative to ``uri``). ``classes`` fixes the class order (label =
     index); without it the sorted folder names are the classes. Tabular sources (``parquet``, ``csv``)
     give one output shard per input file; ``image_column`` holds encoded image bytes to decode.
+    Paths with a segment starting with ``.`` or ``_`` (``_SUCCESS``, ``.tmp``) are not inputs.
     """
 
     uri: str
