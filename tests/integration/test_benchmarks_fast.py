@@ -1,0 +1,74 @@
+"""The benchmark harness in fast mode, on the session's shared cluster, so that ``make bench`` cannot rot.
+
+Every benchmark really runs (tiny sizes, fewer repetitions): the cold starts, the per-task-cluster DAG run
+and the engines are real. Results go to a temporary directory, never over the committed ones.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.integration.conftest import SharedCluster, subprocess_env
+
+pytestmark = pytest.mark.integration
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+NAMES = ("cluster", "handoff", "preprocess", "train", "infer", "e2e")
+
+
+@pytest.mark.timeout(900)
+def test_benchmarks_fast(shared_cluster: SharedCluster, tmp_path) -> None:
+    out, plot = tmp_path / "results", tmp_path / "benchmarks.png"
+    env = subprocess_env(PYSPARK_PYTHON=sys.executable, SPARK_LOCAL_IP="127.0.0.1")
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks",
+            "--fast",
+            "--state-dir",
+            shared_cluster.config.state_dir,
+            "--out-dir",
+            str(out),
+            "--plot",
+            str(plot),
+            "--workdir",
+            str(tmp_path / "work"),
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=880,
+    )
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
+    report = json.loads((out / "latest.json").read_text())
+    assert report["fast"] is True
+    assert set(report["benchmarks"]) == set(NAMES)
+    for name in NAMES:
+        entry = report["benchmarks"][name]
+        assert "error" not in entry, entry.get("error")
+        assert entry["rows"], name
+        for row in entry["rows"]:
+            assert row["median"] > 0, (name, row)
+        assert any(row["ratio"] for row in entry["rows"]), name
+    # XCom carries the same few hundred bytes whatever the number of shards
+    xcom = report["benchmarks"]["handoff"]["detail"]["xcom_bytes"]
+    assert list(xcom) == ["1", "10", "100", "1000", "10000"] and max(xcom.values()) - min(xcom.values()) < 64
+    # the per-task variant really cold-started (and stopped) one cluster per cluster task
+    runs = report["benchmarks"]["e2e"]["detail"]["runs"]
+    per_task = [r for r in runs if r["variant"] == "per_task"]
+    assert per_task and all(r["exit_code"] == 0 for r in runs)
+    events = [c["event"] for c in per_task[0]["clusters"]]
+    assert events.count("cold_start") == 3 and events.count("stop") == 3
+    table = (out / "latest.md").read_text()
+    assert table.startswith("| benchmark | variant | median | ratio | goal | met? |")
+    for title in ("Cluster", "Handoff", "Preprocessing", "Training", "Inference", "End to end"):
+        assert title in table
+    assert plot.stat().st_size > 10_000
