@@ -21,7 +21,17 @@ install: $(STAMP)
 demo: install
 	$(PY) -m airflow_bigdata_ai.demo --home $(CURDIR)/.demo --dags $(CURDIR)/dags_examples
 
-test: install
+# The browser test drives Debian's chromium (not a Playwright-downloaded browser); install it when missing.
+CHROMIUM := /usr/bin/chromium
+
+$(CHROMIUM):
+	@if [ "$$(id -u)" = 0 ]; then \
+		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium; \
+	else \
+		echo "$(CHROMIUM) is missing: run 'sudo apt-get install -y chromium' (the browser test skips without it)"; \
+	fi
+
+test: install $(CHROMIUM)
 	$(PY) -m pytest tests
 
 unit: install
@@ -37,6 +47,19 @@ bench: install
 
 docs: install
 	$(VENV)/bin/sphinx-build -W --keep-going -b html docs docs/_build/html
+
+# Airflow's UI with the example DAGs on http://127.0.0.1:$(AIRFLOW_PORT) (airflow standalone; Ctrl+C stops it).
+AIRFLOW_PORT ?= 8080
+airflow: install
+	mkdir -p $(CURDIR)/.airflow
+	AIRFLOW_HOME=$(CURDIR)/.airflow \
+	AIRFLOW__CORE__DAGS_FOLDER=$(CURDIR)/dags_examples \
+	AIRFLOW__CORE__LOAD_EXAMPLES=False \
+	AIRFLOW__API__HOST=127.0.0.1 \
+	AIRFLOW__API__PORT=$(AIRFLOW_PORT) \
+	AIRFLOW__API__BASE_URL=http://127.0.0.1:$(AIRFLOW_PORT) \
+	AIRFLOW__CORE__EXECUTION_API_SERVER_URL=http://127.0.0.1:$(AIRFLOW_PORT)/execution/ \
+	$(VENV)/bin/airflow standalone
 
 cluster-stop: install
 	$(PY) -m airflow_bigdata_ai cluster stop
