@@ -31,7 +31,9 @@ SCALE = example_scale()
     doc_md=__doc__,
 )
 def digits_e2e():
+    # [START digits_setup_cluster]
     setup = SetupRayOnSparkClusterOperator(task_id="setup_cluster")
+    # [END digits_setup_cluster]
 
     @task
     def digit_images() -> str:
@@ -41,6 +43,7 @@ def digits_e2e():
 
     images = digit_images()
 
+    # [START digits_preprocess]
     features = SparkPreprocessOperator(
         task_id="preprocess",
         source={"uri": images, "labels": "folders"},
@@ -51,7 +54,9 @@ def digits_e2e():
         ],
         outlets=[DIGITS_FEATURES],
     )
+    # [END digits_preprocess]
 
+    # [START digits_train]
     model = RayTrainOperator(
         task_id="train",
         train_data=features.output,
@@ -62,7 +67,9 @@ def digits_e2e():
         num_workers=2,
         outlets=[DIGITS_MODEL],
     )
+    # [END digits_train]
 
+    # [START digits_infer]
     predictions = OpenVINOInferOperator(
         task_id="infer",
         model_ref=model.output,
@@ -71,6 +78,7 @@ def digits_e2e():
         max_accuracy_drop=1.0,
         outlets=[DIGITS_PREDICTIONS],
     )
+    # [END digits_infer]
 
     @task
     def report(features: dict, model: dict, predictions: dict) -> dict:
@@ -80,10 +88,12 @@ def digits_e2e():
         print(format_summary(summary))
         return summary
 
+    # [START digits_teardown_cluster]
     teardown = TeardownRayOnSparkClusterOperator(task_id="teardown_cluster", keep_running="{{ params.keep_cluster }}")
 
     setup >> images
     report(features.output, model.output, predictions.output) >> teardown.as_teardown(setups=setup)
+    # [END digits_teardown_cluster]
 
 
 digits_e2e()

@@ -34,6 +34,7 @@ def digits_inference_on_new_model():
     def trained_on(model: dict) -> dict:
         return model["trained_on"]
 
+    # [START asset_scheduled_infer]
     model = new_model()
     OpenVINOInferOperator(
         task_id="infer_bf16",
@@ -42,6 +43,7 @@ def digits_inference_on_new_model():
         precision="bf16",
         on_accuracy_drop="fallback",
     )
+    # [END asset_scheduled_infer]
 
 
 digits_inference_on_new_model()

@@ -44,6 +44,7 @@ def smart_transportation_cv():
 
     crops = camera_crops()
 
+    # [START traffic_preprocess]
     features = SparkPreprocessOperator(
         task_id="preprocess",
         source={"uri": crops, "labels": "folders", "classes": list(TRAFFIC_CLASSES)},
@@ -56,6 +57,7 @@ def smart_transportation_cv():
         guards={"max_pixels": 4096 * 4096},
         outlets=[TRAFFIC_FEATURES],
     )
+    # [END traffic_preprocess]
 
     model = RayTrainOperator(
         task_id="train",
@@ -70,6 +72,7 @@ def smart_transportation_cv():
         outlets=[TRAFFIC_MODEL],
     )
 
+    # [START traffic_infer]
     predictions = OpenVINOInferOperator(
         task_id="infer",
         model_ref=model.output,
@@ -79,6 +82,7 @@ def smart_transportation_cv():
         on_accuracy_drop="fail",
         outlets=[TRAFFIC_PREDICTIONS],
     )
+    # [END traffic_infer]
 
     @task
     def report(features: dict, model: dict, predictions: dict) -> dict:
