@@ -223,6 +223,39 @@ def digits_model(epochs: int) -> tuple[nn.Module, np.ndarray]:
     return model, images
 
 
+def end_to_end() -> dict[str, Any]:
+    """The whole core path on the digits ShardSet (in-process engine): read shards, predict, write, commit.
+
+    Includes compile and Parquet I/O, so it sits below the pure inference figures above; it shows what the
+    task itself delivers per image with one worker.
+    """
+    from airflow_bigdata_ai.infer import InferOptions, run_inference
+    from airflow_bigdata_ai.shards import open_store
+    from tests.support.infer_models import save_model, write_digits
+
+    out: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="abai-bench-e2e-") as tmp:
+        store = open_store(f"file://{tmp}")
+        ref = save_model(store, f"file://{tmp}/model.pt")
+        data = write_digits(store, f"file://{tmp}/digits", shards=4)
+        for precision in ("f32", "bf16", "int8"):
+            for attempt in ("convert", "cached"):
+                result = run_inference(
+                    ref,
+                    data,
+                    f"file://{tmp}/out-{precision}-{attempt}",
+                    model_store=store,
+                    input_store=store,
+                    options=InferOptions(engine="local", precision=precision),
+                )
+            summary = result.summary  # the second run: IR from the cache, as in a backfill
+            out[precision] = {
+                k: summary[k]
+                for k in ("images_per_s", "compute_images_per_s", "wall_s", "prepare_s", "accuracy", "precision_used")
+            }
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--fast", action="store_true", help="tiny sizes: a smoke run in well under a minute")
@@ -271,6 +304,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             ceiling,
         )
     )
+    e2e = end_to_end()
     again = fp32_ceiling(2048 if args.fast else 4096, 2 if args.fast else 3)  # the box is shared: best of both
     matmuls = {k: max(v, again[k]) for k, v in matmuls.items()}
     if max(matmuls.values()) > ceiling:
@@ -289,6 +323,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 f"{row['gflops']:>8.1f} {row['pct_fp32_ceiling']:>10.1f}%  "
                 f"{row.get('runtime_precision', 'torch')}{mark}"
             )
+    print("\nend to end, digits ShardSet (4 shards, in-process engine, IR cached):")
+    for precision, row in e2e.items():
+        print(
+            f"  {precision:<5} {row['images_per_s']:>9.1f} img/s task path ({row['compute_images_per_s']:.1f} in "
+            f"predict), accuracy {row['accuracy']:.3f}, prepare {row['prepare_s']:.1f} s"
+        )
     report = {
         "benchmark": "bench_infer",
         "fast": args.fast,
@@ -298,6 +338,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "goals_x_torch": GOALS,
         "results": results,
+        "end_to_end_digits": e2e,
     }
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
