@@ -59,8 +59,9 @@ class Shots:
 def page(tmp_path: Path) -> Iterator:
     if not os.access(CHROMIUM, os.X_OK):
         pytest.skip(f"{CHROMIUM} not installed (make test installs Debian's chromium)")
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
+    expect.set_options(timeout=UI_TIMEOUT_MS)
     with sync_playwright() as pw:
         context = pw.chromium.launch_persistent_context(
             str(tmp_path / "chromium-profile"),  # a fresh --user-data-dir
