@@ -13,7 +13,7 @@ import re
 
 import pytest
 
-pytestmark = [pytest.mark.system, pytest.mark.integration]
+pytestmark = [pytest.mark.system, pytest.mark.integration, pytest.mark.timeout(2700)]
 
 DAG_ID = "digits_e2e"
 OUTPUT_TASKS = ("preprocess", "train", "infer")
