@@ -98,7 +98,7 @@ def bench_cluster(ctx: Ctx) -> dict[str, Any]:
     from airflow_bigdata_ai.cluster import ClusterConfig, attach, ensure_cluster, stop_cluster
 
     shared = ClusterConfig(state_dir=ctx.state_dir, mode="remote")
-    attach_reps, cold_reps = (5, 1) if ctx.fast else (10, 3)
+    attach_reps, cold_reps = (5, 1) if ctx.fast else (10, 2)
 
     def attach_once() -> float:
         start = time.perf_counter()
@@ -112,7 +112,9 @@ def bench_cluster(ctx: Ctx) -> dict[str, Any]:
     attach_s = [attach_once() for _ in range(attach_reps)]
     cold_s, stop_s = [], []
     for rep in range(cold_reps):
-        config = ClusterConfig(state_dir=os.path.join(ctx.workdir, "cold", str(rep)), idle_timeout_s=600.0)
+        config = ClusterConfig(
+            state_dir=os.path.join(ctx.workdir, "cold", str(rep)), idle_timeout_s=600.0, start_timeout_s=900.0
+        )
         start = time.perf_counter()
         try:
             ensure_cluster(config)
@@ -195,7 +197,7 @@ def bench_handoff(ctx: Ctx) -> dict[str, Any]:
     from airflow_bigdata_ai.shards import decode_tensors, open_store, shard_uris
     from airflow_bigdata_ai.train.sample_data import write_image_shardset
 
-    count, size, reps, shards = (400, 32, 3, 4) if ctx.fast else (4000, 64, 5, 16)
+    count, size, reps, shards = (400, 32, 3, 4) if ctx.fast else (3000, 64, 5, 16)
     root = os.path.join(ctx.workdir, "handoff")
     shutil.rmtree(root, ignore_errors=True)
     os.makedirs(root)
@@ -304,7 +306,7 @@ def bench_handoff(ctx: Ctx) -> dict[str, Any]:
 def bench_preprocess(ctx: Ctx) -> dict[str, Any]:
     from benchmarks import bench_preprocess as bp
 
-    count, size, repeat = ("120", "640x480", "1") if ctx.fast else ("1000", "1024x768", "3")
+    count, size, repeat = ("120", "640x480", "1") if ctx.fast else ("600", "1024x768", "3")
     res = bp.main(
         ["--count", count, "--size", size, "--repeat", repeat, "--data-dir", os.path.join(ctx.workdir, "preprocess")]
     )
@@ -330,7 +332,7 @@ def bench_preprocess(ctx: Ctx) -> dict[str, Any]:
 def bench_train(ctx: Ctx) -> dict[str, Any]:
     from benchmarks import bench_train as bt
 
-    rows, epochs = ("1500", "3") if ctx.fast else ("12000", "4")
+    rows, epochs = ("1500", "3") if ctx.fast else ("8000", "4")
     res = bt.main(["--rows", rows, "--epochs", epochs, "--state-dir", ctx.state_dir])
     return {
         "rows": [
@@ -407,7 +409,7 @@ def bench_e2e(ctx: Ctx) -> dict[str, Any]:
     from airflow_bigdata_ai.cluster import ClusterConfig, ensure_cluster, stop_cluster
 
     scale = "tiny"
-    shared_reps, per_task_reps = (1, 1) if ctx.fast else (3, 2)
+    shared_reps, per_task_reps = (1, 1) if ctx.fast else (2, 1)
     root = os.path.join(ctx.workdir, "e2e")
     shutil.rmtree(root, ignore_errors=True)
     os.makedirs(os.path.join(root, "dags"))
@@ -661,7 +663,7 @@ def shared_cluster(state_dir: str | None, workdir: str) -> Iterator[tuple[str, f
         ensure_cluster(ClusterConfig(state_dir=state_dir, mode="remote"))
         yield state_dir, None
         return
-    own = ClusterConfig(state_dir=os.path.join(workdir, "shared-cluster"), idle_timeout_s=3600.0)
+    own = ClusterConfig(state_dir=os.path.join(workdir, "shared-cluster"), idle_timeout_s=3600.0, start_timeout_s=900.0)
     start = time.perf_counter()
     try:
         ensure_cluster(own)
@@ -737,6 +739,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out-dir", default=os.path.join(REPO, "benchmarks", "results"))
     parser.add_argument("--plot", default=os.path.join(REPO, "docs", "_static", "benchmarks.png"))
     parser.add_argument("--workdir", help="scratch space (default: a fresh temporary directory, removed after)")
+    parser.add_argument(
+        "--merge", action="store_true", help="keep the other benchmarks' entries of an existing latest.json"
+    )
     parser.add_argument("--child", choices=BENCHMARKS, help=argparse.SUPPRESS)
     parser.add_argument("--child-out", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -770,6 +775,16 @@ def main(argv: list[str] | None = None) -> int:
         if not args.workdir:
             shutil.rmtree(workdir, ignore_errors=True)
     report["seconds"] = time.perf_counter() - started
+    previous = os.path.join(args.out_dir, "latest.json")
+    if args.merge and os.path.exists(previous):
+        with open(previous) as handle:
+            old = json.load(handle)
+        if old.get("fast") == args.fast:
+            merged = {k: v for k, v in old.get("benchmarks", {}).items() if k not in report["benchmarks"]}
+            report["benchmarks"] = {
+                n: {**merged, **report["benchmarks"]}[n] for n in BENCHMARKS if n in {**merged, **report["benchmarks"]}
+            }
+            report["seconds"] += old.get("seconds", 0.0)
     report["load_avg_1m_end"] = round(os.getloadavg()[0], 2)
     report["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     os.makedirs(args.out_dir, exist_ok=True)

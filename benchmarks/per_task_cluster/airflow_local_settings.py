@@ -52,7 +52,7 @@ def task_policy(task: Any) -> None:
         os.environ[STATE_ENV] = state_dir
         task.__dict__.pop("hook", None)  # the hook caches its settings: rebuild it for this state dir
         started = time.monotonic()
-        ensure_cluster(ClusterConfig(state_dir=state_dir, idle_timeout_s=600.0))
+        ensure_cluster(ClusterConfig(state_dir=state_dir, idle_timeout_s=600.0, start_timeout_s=900.0))
         _record(root, {"task_id": task.task_id, "event": "cold_start", "seconds": time.monotonic() - started})
 
     def post_execute(context: Any, result: Any = None) -> None:

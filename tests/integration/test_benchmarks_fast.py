@@ -21,7 +21,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 NAMES = ("cluster", "handoff", "preprocess", "train", "infer", "e2e")
 
 
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(2400)
 def test_benchmarks_fast(shared_cluster: SharedCluster, tmp_path) -> None:
     out, plot = tmp_path / "results", tmp_path / "benchmarks.png"
     env = subprocess_env(PYSPARK_PYTHON=sys.executable, SPARK_LOCAL_IP="127.0.0.1")
@@ -45,7 +45,7 @@ def test_benchmarks_fast(shared_cluster: SharedCluster, tmp_path) -> None:
         env=env,
         capture_output=True,
         text=True,
-        timeout=880,
+        timeout=2300,
     )
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
     report = json.loads((out / "latest.json").read_text())
