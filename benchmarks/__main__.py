@@ -246,6 +246,12 @@ def bench_handoff(ctx: Ctx) -> dict[str, Any]:
 
     handle = attach(ClusterConfig(state_dir=ctx.state_dir, mode="remote"))
     handle.ray()
+    # Ray worker nodes autoscale down after 15 s idle and take tens of seconds to come back: hold both up
+    # (a tiny memory reservation on each) so every variant is measured on the same warm nodes.
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    keep_warm = placement_group([{"memory": 1024}] * 2, strategy="STRICT_SPREAD")
+    ray.get(keep_warm.ready(), timeout=900)
     variants: dict[str, Callable[[], int]] = {"ours": ours, "glue": glue, "in_memory": in_memory}
     times: dict[str, list[float]] = {name: [] for name in variants}
     try:
@@ -257,6 +263,7 @@ def bench_handoff(ctx: Ctx) -> dict[str, Any]:
                 assert fn() == count
                 times[name].append(time.perf_counter() - start)
     finally:
+        remove_placement_group(keep_warm)
         handle.close()
     ours_s, glue_s, mem_s = (median(times[n]) for n in ("ours", "glue", "in_memory"))
     mb = images.nbytes / 1e6
