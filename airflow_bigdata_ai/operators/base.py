@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import BaseOperator
+from airflow.sdk import BaseOperator, BaseOperatorLink
 
 from airflow_bigdata_ai.connection import DEFAULT_CONN_ID
 from airflow_bigdata_ai.links import RayDashboardLink, SparkUILink, push_cluster_links
@@ -28,7 +28,7 @@ class SharedClusterOperator(BaseOperator):
     """Base for tasks on the shared Spark-hosted Ray cluster. Cheap to construct: nothing heavy here."""
 
     template_fields: Sequence[str] = ("output_root",)
-    operator_extra_links = (SparkUILink(), RayDashboardLink())
+    operator_extra_links: tuple[BaseOperatorLink, ...] = (SparkUILink(), RayDashboardLink())
 
     def __init__(
         self, *, ray_on_spark_conn_id: str = DEFAULT_CONN_ID, output_root: str | None = None, **kwargs: Any

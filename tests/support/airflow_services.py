@@ -111,13 +111,22 @@ class AirflowServices:
         return self._token
 
     def api(self, method: str, path: str, **kwargs: Any) -> Any:
-        response = requests.request(
-            method,
-            f"{self.base_url}/api/v2{path}",
-            headers={"Authorization": f"Bearer {self.token}"},
-            timeout=30,
-            **kwargs,
-        )
+        """Call the REST API. Reads are retried: a loaded 2-core machine can stall the server for a while."""
+        attempts = 4 if method == "GET" else 1
+        for attempt in range(attempts):
+            try:
+                response = requests.request(
+                    method,
+                    f"{self.base_url}/api/v2{path}",
+                    headers={"Authorization": f"Bearer {self.token}"},
+                    timeout=120,
+                    **kwargs,
+                )
+                break
+            except (requests.ConnectionError, requests.Timeout):
+                if attempt == attempts - 1:
+                    raise
+                time.sleep(5)
         if not response.ok:
             raise AssertionError(f"{method} {path} -> {response.status_code}: {response.text[:2000]}")
         return response.json() if response.content else None
