@@ -59,7 +59,7 @@ class ClusterConfig:
     idle_timeout_s: float = 3600.0
     auth_token: str | None = None
     spark_conf: dict[str, str] = field(default_factory=dict)
-    start_timeout_s: float = 300.0
+    start_timeout_s: float = 600.0  # a cold start takes ~40 s on an idle 2-core box, minutes on a loaded one
     # Additions beyond the agreed API (defaults keep the agreed behaviour):
     ray_min_worker_nodes: int = 0
     ray_autoscale_idle_timeout_minutes: float = 0.25
