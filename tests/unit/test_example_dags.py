@@ -22,7 +22,8 @@ for dag_id, dag in bag.dags.items():
     dags[dag_id] = {{"setup": [t.task_id for t in dag.tasks if t.is_setup],
                      "teardown": [t.task_id for t in dag.tasks if t.is_teardown],
                      "outlets": sorted(a.name for t in dag.tasks for a in t.outlets)}}
-print(json.dumps({{"errors": {{k: str(v)[-800:] for k, v in bag.import_errors.items()}}, "dags": dags, "heavy": heavy}}))
+errors = {{k: str(v)[-800:] for k, v in bag.import_errors.items()}}
+print(json.dumps({{"errors": errors, "dags": dags, "heavy": heavy}}))
 """
 
 
