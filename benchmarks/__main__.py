@@ -24,6 +24,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import sqlite3
 import statistics
 import subprocess
@@ -416,7 +417,7 @@ def bench_e2e(ctx: Ctx) -> dict[str, Any]:
     from airflow_bigdata_ai.cluster import ClusterConfig, ensure_cluster, stop_cluster
 
     scale = "tiny"
-    shared_reps, per_task_reps = (1, 1) if ctx.fast else (2, 1)
+    shared_reps, per_task_reps = (1, 1)  # a per-task run is ~3 cold starts: one of each fits the budget
     root = os.path.join(ctx.workdir, "e2e")
     shutil.rmtree(root, ignore_errors=True)
     os.makedirs(os.path.join(root, "dags"))
@@ -699,6 +700,16 @@ def child_env(state_dir: str, workdir: str) -> dict[str, str]:
     return env
 
 
+def stop_leftover_clusters(ctx: Ctx) -> None:
+    """Clusters a benchmark started under the work dir (cold starts, per-task clusters) that are still up."""
+    from airflow_bigdata_ai.cluster import ClusterConfig, stop_cluster
+
+    shared = os.path.abspath(ctx.state_dir)
+    for dirpath, _dirs, files in os.walk(ctx.workdir):
+        if os.path.abspath(dirpath) != shared and ("service.json" in files or "endpoint.json" in files):
+            stop_cluster(ClusterConfig(state_dir=dirpath))
+
+
 def run_child(name: str, ctx: Ctx, timeout_s: float) -> dict[str, Any]:
     out = os.path.join(ctx.workdir, f"{name}.json")
     argv = [sys.executable, "-m", "benchmarks", "--child", name, "--state-dir", ctx.state_dir]
@@ -706,18 +717,28 @@ def run_child(name: str, ctx: Ctx, timeout_s: float) -> dict[str, Any]:
     log_path = os.path.join(ctx.workdir, f"{name}.log")
     start = time.perf_counter()
     print(f"== {TITLES[name]} ...", flush=True)
-    try:
-        with open(log_path, "w") as log:
-            code = subprocess.run(
-                argv,
-                env=child_env(ctx.state_dir, ctx.workdir),
-                cwd=REPO,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                timeout=timeout_s,
-            ).returncode
-    except subprocess.TimeoutExpired:
-        code = -1
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            argv,
+            env=child_env(ctx.state_dir, ctx.workdir),
+            cwd=REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: a timeout ends the child and what it started
+        )
+        try:
+            code = proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            code = -1
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    stop_leftover_clusters(ctx)
     elapsed = time.perf_counter() - start
     if code == 0 and os.path.exists(out):
         with open(out) as handle:
@@ -736,6 +757,10 @@ def run_child(name: str, ctx: Ctx, timeout_s: float) -> dict[str, Any]:
     return entry
 
 
+class _Skip(Exception):
+    pass
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -748,6 +773,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", help="scratch space (default: a fresh temporary directory, removed after)")
     parser.add_argument(
         "--merge", action="store_true", help="keep the other benchmarks' entries of an existing latest.json"
+    )
+    parser.add_argument(
+        "--assemble",
+        help="comma-separated work dirs of earlier runs: build the report from their per-benchmark results",
     )
     parser.add_argument("--child", choices=BENCHMARKS, help=argparse.SUPPRESS)
     parser.add_argument("--child-out", help=argparse.SUPPRESS)
@@ -772,12 +801,25 @@ def main(argv: list[str] | None = None) -> int:
     machine = machine_info()
     started = time.perf_counter()
     report: dict[str, Any] = {"fast": args.fast, "machine": machine, "benchmarks": {}}
+    if args.assemble:  # results measured by earlier (possibly interrupted) runs, e.g. one benchmark at a time
+        report["assembled_from"] = args.assemble.split(",")
+        for name in selected:
+            for folder in report["assembled_from"]:
+                path = os.path.join(folder, f"{name}.json")
+                if os.path.exists(path):
+                    with open(path) as handle:
+                        report["benchmarks"][name] = json.load(handle)
+                    break
     try:
+        if args.assemble:
+            raise _Skip
         with shared_cluster(args.state_dir, workdir) as (state_dir, start_s):
             report["shared_cluster"] = {"own": args.state_dir is None, "cold_start_s": start_s}
             ctx = Ctx(args.fast, state_dir, workdir)
             for name in selected:
-                report["benchmarks"][name] = run_child(name, ctx, 600 if args.fast else 1800)
+                report["benchmarks"][name] = run_child(name, ctx, 1800)
+    except _Skip:
+        pass
     finally:
         if not args.workdir:
             shutil.rmtree(workdir, ignore_errors=True)
