@@ -301,7 +301,7 @@ def _abortable_trainer_class() -> type:
     class AbortableTorchTrainer(TorchTrainer):  # type: ignore[misc]
         def _register_sigint_handler(self, controller: Any) -> None:
             _ACTIVE_CONTROLLERS.append(controller)
-            super()._register_sigint_handler(controller)
+            super()._register_sigint_handler(controller)  # type: ignore[misc]
 
     return AbortableTorchTrainer
 
