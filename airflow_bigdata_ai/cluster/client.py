@@ -5,8 +5,10 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from typing import TYPE_CHECKING, Any
@@ -298,12 +300,18 @@ class AttachedCluster:
 
         if not ray.is_initialized():
             _reload_ray_auth_config()
+            # ray.init installs its own SIGTERM handler; put the caller's back (an Airflow task runner's
+            # handler is what calls on_kill), when we are in the main thread and there was one.
+            in_main = threading.current_thread() is threading.main_thread()
+            previous = signal.getsignal(signal.SIGTERM) if in_main else None
             ray.init(
                 address=self.endpoint.ray_address,
                 ignore_reinit_error=True,
                 log_to_driver=False,
                 logging_level=logging.WARNING,
             )
+            if callable(previous):
+                signal.signal(signal.SIGTERM, previous)
             self._ray_initialised = True
 
     def close(self) -> None:

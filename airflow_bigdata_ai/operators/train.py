@@ -8,10 +8,7 @@ older setups) ``train()`` still finds the checkpoints at the same deterministic 
 
 from __future__ import annotations
 
-import signal
-import threading
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import ResumableJobMixin
@@ -27,21 +24,6 @@ if TYPE_CHECKING:
 STATUS_SUCCEEDED = "SUCCEEDED"
 STATUS_RESUMABLE = "RESUMABLE"
 STATUS_LOST = "NO_CHECKPOINT"
-
-
-@contextmanager
-def _keep_sigterm_handler() -> Iterator[None]:
-    """``ray.init`` installs a native SIGTERM handler that replaces the task runner's, so on_kill would never
-    run: put the Python-level handler back once Ray is connected."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.getsignal(signal.SIGTERM)
-    try:
-        yield
-    finally:
-        if callable(previous):
-            signal.signal(signal.SIGTERM, previous)
 
 
 class RayTrainOperator(ResumableJobMixin, SharedClusterOperator):
@@ -177,8 +159,7 @@ class RayTrainOperator(ResumableJobMixin, SharedClusterOperator):
         store, run, config = self._store(), self.run_key(context), self.train_config()
         attached = self.attach_cluster(context)
         try:
-            with _keep_sigterm_handler():
-                attached.ray()
+            attached.ray()
             self._running = True
             self._ref = train(
                 self.train_data,
