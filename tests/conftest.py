@@ -48,3 +48,9 @@ def airflow_db() -> str:
     """Migrate the session's SQLite metadata DB once (about 3 s); tests that run DAGs request this."""
     subprocess.run([os.path.join(_venv_bin, "airflow"), "db", "migrate"], check=True, capture_output=True)
     return os.environ["AIRFLOW_HOME"]
+
+
+# One real shared cluster per test session, for integration and system tests alike.
+from tests.support.cluster_fixtures import attached, shared_cluster  # noqa: E402
+
+__all__ = ["airflow_db", "attached", "shared_cluster"]

@@ -1,7 +1,9 @@
 """Real Airflow (scheduler, dag processor, triggerer, API server) running the example DAGs on loopback.
 
-One set of services per test session, with the example DAGs at the ``tiny`` scale and a private state
-directory, so the embedded shared cluster they start is theirs alone and is stopped at the end.
+One set of services per test session, with the example DAGs at the ``tiny`` scale. Their default
+``ray_on_spark`` connection (embedded mode) finds the session's shared cluster through
+``AIRFLOW_BIGDATA_AI_STATE_DIR`` and reuses it, as a production Airflow reuses its warm cluster: the
+suite runs one cluster, and the session fixture stops it at the end.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import psutil
 import pytest
 
 from tests.support.airflow_services import AirflowServices
+from tests.support.cluster_fixtures import SharedCluster
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -23,6 +26,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 class ExampleAirflow:
     services: AirflowServices
     state_home: str
+    cluster: SharedCluster
 
     @property
     def store_root(self) -> str:
@@ -30,7 +34,7 @@ class ExampleAirflow:
 
     @property
     def cluster_state_dir(self) -> str:
-        return os.path.join(self.state_home, "clusters", "ray_on_spark_default")
+        return self.cluster.config.state_dir
 
     def task_logs(self) -> str:
         chunks = []
@@ -42,7 +46,9 @@ class ExampleAirflow:
 
 
 @pytest.fixture(scope="session")
-def example_airflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ExampleAirflow]:
+def example_airflow(
+    tmp_path_factory: pytest.TempPathFactory, shared_cluster: SharedCluster
+) -> Iterator[ExampleAirflow]:
     base = tmp_path_factory.mktemp("example-airflow")
     dags = base / "dags"
     dags.mkdir()
@@ -56,18 +62,16 @@ def example_airflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Exampl
         extra_env={
             "AIRFLOW_BIGDATA_AI_HOME": state_home,
             "AIRFLOW_BIGDATA_AI_EXAMPLE_SCALE": "tiny",
+            "AIRFLOW_BIGDATA_AI_STATE_DIR": shared_cluster.config.state_dir,
             "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
         },
     )
     before = {p.pid for p in psutil.process_iter()}
     services.start()
-    env = ExampleAirflow(services, state_home)
+    env = ExampleAirflow(services, state_home, shared_cluster)
     try:
         yield env
     finally:
-        from airflow_bigdata_ai.cluster import ClusterConfig, stop_cluster
-
-        stop_cluster(ClusterConfig(state_dir=env.cluster_state_dir))
         services.stop()
         leftovers = [
             p
