@@ -392,6 +392,8 @@ def _dag_env(ctx: Ctx, home: str, scale: str) -> dict[str, str]:
             "AIRFLOW_HOME": os.path.join(home, "airflow"),
             "AIRFLOW__CORE__DAGS_FOLDER": os.path.join(ctx.workdir, "e2e", "dags"),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            # each run gets a copy of the migrated template database: name it, or airflow.cfg's path wins
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{os.path.join(home, 'airflow', 'airflow.db')}",
             "AIRFLOW_BIGDATA_AI_HOME": os.path.join(ctx.workdir, "e2e", "home"),
             "AIRFLOW_BIGDATA_AI_STATE_DIR": ctx.state_dir,
             "AIRFLOW_BIGDATA_AI_EXAMPLE_SCALE": scale,
@@ -469,7 +471,7 @@ def bench_e2e(ctx: Ctx) -> dict[str, Any]:
                 entry["clusters"] = [json.loads(line) for line in handle]
         runs.append(entry)
         failed = [t for t, v in tasks.items() if v["state"] != "success"]
-        if code != 0 or failed:
+        if code != 0 or failed or not tasks:
             with open(log_path) as handle:
                 tail = handle.read()[-3000:]
             raise RuntimeError(f"{variant} run {index} failed (exit {code}, tasks {failed}):\n{tail}")
