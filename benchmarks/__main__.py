@@ -584,6 +584,12 @@ def markdown(report: dict[str, Any]) -> str:
         + f". Mode: {'fast' if report['fast'] else 'full'}; load average {m['load_avg_1m_start']} at start, "
         f"{report['load_avg_1m_end']} at end; {report['seconds']:.0f} s in all; {report['finished']}.",
     ]
+    if report.get("assembled_from"):
+        lines[-1] = lines[-1].split(" Mode:")[0] + (
+            f" Mode: {'fast' if report['fast'] else 'full'}; each benchmark's variants ran together in one run, "
+            f"benchmarks ran in separate (partly concurrent) runs on a shared machine (1-minute load average "
+            f"15-100 during the runs); report assembled {report['finished']}."
+        )
     return "\n".join(lines) + "\n"
 
 
