@@ -12,8 +12,9 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	# torch==2.13.0 is the CPU build; pyspark is reinstalled last because other packages may ship pyspark/ files
+	# torch==2.13.0 is the CPU build. Nothing may ship a second copy of pyspark/ (pyspark-client does): check it.
 	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -c "import pyspark, sys; v = pyspark.__version__; sys.exit(0 if v.startswith('4.3') else f'pyspark {v} != 4.3.x')"
 	touch $(STAMP)
 
 install: $(STAMP)
