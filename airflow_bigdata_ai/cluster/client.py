@@ -298,6 +298,10 @@ class AttachedCluster:
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         import ray
 
+        if ray.is_initialized() and not _same_gcs_port(
+            ray.get_runtime_context().gcs_address, self.endpoint.ray_address
+        ):
+            ray.shutdown()  # this process was connected to another cluster: switch, never run work there
         if not ray.is_initialized():
             _reload_ray_auth_config()
             # ray.init installs its own SIGTERM handler; put the caller's back (an Airflow task runner's
@@ -332,6 +336,11 @@ class AttachedCluster:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _same_gcs_port(connected: str, wanted: str) -> bool:
+    """Ray reports the GCS under the node's IP, the endpoint records 127.0.0.1: compare the ports."""
+    return connected.rsplit(":", 1)[-1] == wanted.rsplit(":", 1)[-1]
 
 
 def attach(config: ClusterConfig) -> AttachedCluster:
