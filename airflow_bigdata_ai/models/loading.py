@@ -56,6 +56,18 @@ def load_state_dict_bytes(data: bytes) -> dict[str, Any]:
     return state
 
 
+def read_verified_weights(ref: ModelRef, store: ShardStore) -> bytes:
+    """The weights file's bytes, only if their sha256 is the one the ModelRef recorded."""
+    data = store.read_bytes(store.resolve(ref.weights_uri))
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != ref.weights_sha256:
+        raise ChecksumMismatch(
+            f"weights {ref.weights_uri} have sha256 {digest}, the ModelRef expects {ref.weights_sha256}; "
+            "refusing to load them (tampered, or replaced by another run)"
+        )
+    return data
+
+
 def load_model(ref: ModelRef | dict[str, Any] | str, store: ShardStore) -> torch.nn.Module:
     """The trained model a ModelRef names, in eval mode.
 
@@ -63,13 +75,7 @@ def load_model(ref: ModelRef | dict[str, Any] | str, store: ShardStore) -> torch
     rerun replaced them), before any byte is deserialised.
     """
     ref = ModelRef.coerce(ref)
-    data = store.read_bytes(store.resolve(ref.weights_uri))
-    digest = hashlib.sha256(data).hexdigest()
-    if digest != ref.weights_sha256:
-        raise ChecksumMismatch(
-            f"weights {ref.weights_uri} have sha256 {digest}, the ModelRef expects {ref.weights_sha256}; "
-            "refusing to load them"
-        )
+    data = read_verified_weights(ref, store)
     model = build_model(ref.model_factory, ref.factory_kwargs)
     model.load_state_dict(load_state_dict_bytes(data))
     model.eval()
