@@ -7,6 +7,7 @@ Asset events that carry the reference to asset-scheduled DAGs.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -36,6 +37,8 @@ class SharedClusterOperator(BaseOperator):
         super().__init__(**kwargs)
         self.ray_on_spark_conn_id = ray_on_spark_conn_id
         self.output_root = output_root
+        self._spark: Any = None  # the Spark Connect session while execute runs (for on_kill)
+        self._tag: str | None = None  # this attempt's Spark job tag
 
     @cached_property
     def hook(self) -> RayOnSparkHook:
@@ -55,6 +58,22 @@ class SharedClusterOperator(BaseOperator):
         )
         push_cluster_links(context, endpoint.spark_ui_url, endpoint.ray_dashboard_url)
         return attached
+
+    def job_tag(self, context: Context) -> str:
+        """Unique per task attempt; Spark tags may not contain commas, so keep a safe alphabet."""
+        ti = context["ti"]
+        raw = f"abai-{ti.dag_id}-{ti.task_id}-{ti.run_id}-{getattr(ti, 'map_index', -1)}-{getattr(ti, 'try_number', 0)}"
+        return re.sub(r"[^A-Za-z0-9_.:+=-]", "_", raw)
+
+    def interrupt_spark_tag(self) -> None:
+        """Interrupt only the Spark operations carrying this attempt's tag (other tasks share the app)."""
+        spark, tag = self._spark, self._tag
+        if spark is not None and tag:
+            self.log.info("Interrupting Spark operations tagged %s", tag)
+            try:
+                spark.interruptTag(tag)
+            except Exception:  # the session may be closing already; nothing else to cancel
+                self.log.exception("interruptTag(%s) failed", tag)
 
     def producer(self, context: Context) -> Producer:
         from airflow_bigdata_ai.shards import Producer

@@ -8,7 +8,6 @@ also goes to its own XCom key for dashboards.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -86,14 +85,7 @@ class OpenVINOInferOperator(SharedClusterOperator):
         self.image_column = image_column
         self.id_column = id_column
         self.label_column = label_column
-        self._spark: Any = None
-        self._tag: str | None = None
         self._ray_attached = False
-
-    def job_tag(self, context: Context) -> str:
-        ti = context["ti"]
-        raw = f"abai-infer-{ti.dag_id}-{ti.task_id}-{ti.run_id}-{getattr(ti, 'map_index', -1)}-{ti.try_number}"
-        return re.sub(r"[^A-Za-z0-9_.:+=-]", "_", raw)
 
     def execute(self, context: Context) -> dict[str, Any]:
         from airflow_bigdata_ai.infer import AccuracyGateFailed, InferOptions, InputShapeRejected, run_inference
@@ -176,13 +168,7 @@ class OpenVINOInferOperator(SharedClusterOperator):
 
     def on_kill(self) -> None:
         """Cancel only this attempt's work: its Spark tag, or its Ray driver (which owns the actor pool)."""
-        spark, tag = self._spark, self._tag
-        if spark is not None and tag:
-            self.log.info("Interrupting Spark operations tagged %s", tag)
-            try:
-                spark.interruptTag(tag)
-            except Exception:
-                self.log.exception("interruptTag(%s) failed", tag)
+        self.interrupt_spark_tag()
         if self._ray_attached:
             import ray
 

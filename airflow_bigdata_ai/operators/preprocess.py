@@ -7,7 +7,6 @@ Spark jobs and nothing else), and returns the ShardSet reference to XCom.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -72,14 +71,6 @@ class SparkPreprocessOperator(SharedClusterOperator):
         self.rows_per_shard = rows_per_shard
         self.max_bad_fraction = max_bad_fraction
         self.progress_interval_s = progress_interval_s
-        self._spark: Any = None
-        self._tag: str | None = None
-
-    def job_tag(self, context: Context) -> str:
-        """Unique per task attempt; Spark tags may not contain commas, so keep a safe alphabet."""
-        ti = context["ti"]
-        raw = f"abai-{ti.dag_id}-{ti.task_id}-{ti.run_id}-{getattr(ti, 'map_index', -1)}-{getattr(ti, 'try_number', 0)}"
-        return re.sub(r"[^A-Za-z0-9_.:+=-]", "_", raw)
 
     def _log_progress(self, progress: Progress) -> None:
         self.log.info(
@@ -139,10 +130,4 @@ class SparkPreprocessOperator(SharedClusterOperator):
 
     def on_kill(self) -> None:
         """Interrupt only the Spark operations carrying this attempt's tag (other tasks share the app)."""
-        spark, tag = self._spark, self._tag
-        if spark is not None and tag:
-            self.log.info("Interrupting Spark operations tagged %s", tag)
-            try:
-                spark.interruptTag(tag)
-            except Exception:  # the session may be closing already; nothing else to cancel
-                self.log.exception("interruptTag(%s) failed", tag)
+        self.interrupt_spark_tag()
