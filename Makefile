@@ -41,7 +41,7 @@ unit: install
 lint: install
 	$(VENV)/bin/ruff check airflow_bigdata_ai tests dags_examples benchmarks
 	$(VENV)/bin/ruff format --check airflow_bigdata_ai tests dags_examples benchmarks
-	$(VENV)/bin/mypy airflow_bigdata_ai
+	$(VENV)/bin/mypy airflow_bigdata_ai benchmarks
 
 bench: install
 	$(PY) -m benchmarks

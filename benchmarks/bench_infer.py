@@ -13,6 +13,7 @@ large float32 matmul. Goals vs torch eager on this 2-core machine: f32 >= 1.2x, 
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import io
 import json
@@ -189,7 +190,7 @@ def bench_model(
             built = irmod.get_or_build(ref, store, precision, lambda: model, lambda: batch[:calibration])
             prepare = time.perf_counter() - start
             predictor = Predictor.from_ir(built.handle, shape, precision, request_batch=request_batch)
-            fns[f"openvino_{precision}"] = lambda p=predictor: p.predict(batch)
+            fns[f"openvino_{precision}"] = functools.partial(predictor.predict, batch)
             rows[f"openvino_{precision}"] = {
                 "prepare_s": round(prepare, 2),
                 "runtime_precision": predictor.runtime_precision,

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from airflow_bigdata_ai.preprocess.allocator import keep_large_allocations
 from airflow_bigdata_ai.preprocess.errors import (
     BAD_LABEL,
     BAD_OUTPUT,
@@ -205,6 +206,7 @@ class ShardJob:
 
     def process_shard(self, shard: int, units: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
         """Process one shard's units, write its Parquet file, return summary rows (shard + quarantine)."""
+        keep_large_allocations()
         wall0, cpu0 = time.perf_counter(), time.process_time()
         ordered = sorted(units, key=lambda u: u["record_id"])
         record_ids: list[str] = []

@@ -14,6 +14,7 @@ from airflow_bigdata_ai.shards.dataset import (
     shard_uris,
 )
 from airflow_bigdata_ai.shards.errors import ChecksumMismatch, CommitConflict, InvalidReference, UnsafePath
+from airflow_bigdata_ai.shards.ray_source import read_ray_dataset
 from airflow_bigdata_ai.shards.refs import ModelRef, Producer, ShardSet
 from airflow_bigdata_ai.shards.store import LocalStore, S3Options, S3Store, ShardStore, open_store
 from airflow_bigdata_ai.shards.tensors import decode_tensors, encode_tensors, tensor_field, tensor_spec
@@ -40,6 +41,7 @@ __all__ = [
     "load_manifest",
     "open_store",
     "output_uri",
+    "read_ray_dataset",
     "read_shard",
     "read_table",
     "sha256_hex",

@@ -19,8 +19,9 @@ from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from airflow_bigdata_ai.shards.dataset import load_manifest, output_uri, shard_uris
+from airflow_bigdata_ai.shards.dataset import load_manifest, output_uri
 from airflow_bigdata_ai.shards.paths import StoreURI
+from airflow_bigdata_ai.shards.ray_source import read_ray_dataset
 from airflow_bigdata_ai.shards.refs import ModelRef, Producer, ShardSet
 from airflow_bigdata_ai.shards.tensors import tensor_spec
 from airflow_bigdata_ai.train.config import EpochProgress, RunKey, TrainConfig
@@ -134,14 +135,6 @@ class _EventWatcher:
         return max(len(self.starts) - 1, 0)
 
 
-def _read_dataset(store: ShardStore, shardset: ShardSet, columns: list[str]) -> Any:
-    """A lazy Ray Dataset over the shard files: read by the cluster, never by this process."""
-    import ray.data
-
-    paths = [store.arrow_path(uri) for uri in shard_uris(store, shardset)]
-    return ray.data.read_parquet(paths, filesystem=store.arrow_filesystem(), columns=columns)
-
-
 def train(
     train_data: ShardSet | dict[str, Any] | str,
     store: ShardStore,
@@ -179,17 +172,17 @@ def train(
 
     val_set = ShardSet.coerce(validation_data) if validation_data is not None else None
     if val_set is not None:
-        train_ds = _read_dataset(store, shardset, columns)
-        val_ds = _read_dataset(store, val_set, columns)
+        train_ds = read_ray_dataset(store, shardset, columns)
+        val_ds = read_ray_dataset(store, val_set, columns)
     elif config.val_fraction > 0:
         if config.id_column not in schema.names:
             raise ValueError(f"val_fraction needs an id column {config.id_column!r} (or pass validation_data)")
-        full = _read_dataset(store, shardset, [config.id_column, *columns])
+        full = read_ray_dataset(store, shardset, [config.id_column, *columns])
         split = partial(split_batch, id_column=config.id_column, fraction=config.val_fraction)
         train_ds = full.map_batches(partial(split, want_val=False), batch_format="pyarrow")
         val_ds = full.map_batches(partial(split, want_val=True), batch_format="pyarrow")
     else:
-        train_ds, val_ds = _read_dataset(store, shardset, columns), None
+        train_ds, val_ds = read_ray_dataset(store, shardset, columns), None
 
     cache = config.cache_data if config.cache_data is not None else shardset.total_bytes < CACHE_LIMIT_BYTES
     if cache:  # executed on the cluster; this process holds only block references

@@ -42,7 +42,7 @@ def task_policy(task: Any) -> None:
     if not isinstance(task, SharedClusterOperator):
         return
     if isinstance(task, (SetupRayOnSparkClusterOperator, TeardownRayOnSparkClusterOperator)):
-        task.execute = _noop.__get__(task)
+        task.execute = _noop.__get__(task)  # type: ignore[method-assign]
         return
     state_dir = os.path.join(root, "clusters", task.dag_id, task.task_id)
 

@@ -12,7 +12,15 @@ from functools import partial
 import pyarrow as pa
 import pytest
 
-from airflow_bigdata_ai.shards import ShardInfo, ShardWriter, open_store, output_uri, read_table, shard_uris
+from airflow_bigdata_ai.shards import (
+    ShardInfo,
+    ShardWriter,
+    open_store,
+    output_uri,
+    read_ray_dataset,
+    read_table,
+    shard_uris,
+)
 from tests.unit import shard_helpers
 from tests.unit.shard_helpers import SCHEMA, shard_table
 
@@ -63,11 +71,38 @@ def test_spark_written_shardset_reads_identically_in_ray(attached, tmp_path):
     assert (ref.num_rows, ref.num_shards) == (SHARDS * ROWS, SHARDS)
 
     attached.ray()
+    expected = pa.concat_tables([shard_table(i, ROWS) for i in range(SHARDS)])
+    # the provider's reader (what RayTrainOperator uses): one block per shard, in manifest order
+    ours = pa.concat_tables(ray.get(read_ray_dataset(store, ref, read_tasks=3).to_arrow_refs()))
+    assert ours.select(["record_id", "image", "label"]).to_pylist() == expected.select(
+        ["record_id", "image", "label"]
+    ).to_pylist()
+    # and a plain Ray Data read of the same files agrees
     paths = [store.arrow_path(uri) for uri in shard_uris(store, ref)]
     from_ray = ray.data.read_parquet(paths, filesystem=store.arrow_filesystem()).to_arrow_refs()
     ray_table = pa.concat_tables(ray.get(from_ray))
-    expected = pa.concat_tables([shard_table(i, ROWS) for i in range(SHARDS)])
     assert _rows(ray_table) == _rows(read_table(store, ref)) == _rows(expected)
+
+
+def test_ray_reader_projects_columns_and_refuses_a_tampered_shard(attached, tmp_path):
+    import ray
+
+    store = open_store(str(tmp_path))
+    writer = ShardWriter(store, output_uri(str(tmp_path), "engines", "tampered", None))
+    ref = writer.commit([writer.write_table(i, shard_table(i, ROWS)) for i in range(SHARDS)], SCHEMA)
+    attached.ray()
+    dataset = read_ray_dataset(store, ref, ["label"])
+    assert dataset.count() == SHARDS * ROWS
+    assert dataset.schema().names == ["label"]
+    with pytest.raises(KeyError, match="no column"):
+        read_ray_dataset(store, ref, ["nope"])
+
+    victim = shard_uris(store, ref)[2]
+    data = bytearray(store.read_bytes(victim))
+    data[len(data) // 2] ^= 0xFF
+    store.write_bytes(victim, bytes(data))
+    with pytest.raises(Exception, match="sha256"):
+        ray.get(read_ray_dataset(store, ref).to_arrow_refs())
 
 
 def test_ray_written_shardset_reads_identically_in_spark(attached, tmp_path):

@@ -25,5 +25,5 @@ def test_ruff_clean():
 
 
 def test_mypy_clean():
-    result = _run(os.path.join(BIN, "mypy"), "airflow_bigdata_ai")
+    result = _run(os.path.join(BIN, "mypy"), "airflow_bigdata_ai", "benchmarks")
     assert result.returncode == 0, result.stdout[-5000:]

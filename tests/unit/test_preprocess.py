@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
+import sys
 from collections import Counter
 
 import numpy as np
@@ -258,3 +260,31 @@ def test_transform_kwargs_reach_the_user_function(digits_root, tmp_path):
     assert result.schema["image"] == "tensor<uint8>[3,16,16]"
     with pytest.raises(TypeError, match="transform_kwargs are for user functions"):
         preprocess(digits_root, str(tmp_path / "p"), transform_kwargs={"size": 3}, progress=None)
+
+
+_FAULTS_SCRIPT = """
+import resource, sys
+import numpy as np
+from airflow_bigdata_ai.preprocess.allocator import keep_large_allocations
+if sys.argv[1] == "tuned":
+    assert keep_large_allocations() and keep_large_allocations()
+def shard():  # outputs, stacked tensors, Parquet bytes, file bytes: several 15 MB blocks alive at once
+    blocks = [np.ones(15_000_000, np.uint8) for _ in range(4)]
+    return sum(int(b[::4096].sum()) for b in blocks)
+shard()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(10):
+    shard()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc allocator")
+def test_preprocess_workers_keep_large_blocks_instead_of_refaulting_them():
+    def faults(mode: str) -> int:
+        out = subprocess.run([sys.executable, "-c", _FAULTS_SCRIPT, mode], capture_output=True, text=True, check=True)
+        return int(out.stdout.strip())
+
+    default, tuned = faults("default"), faults("tuned")
+    assert default > 10_000  # freed blocks went back to the kernel and were faulted in again
+    assert tuned < default / 10

@@ -118,3 +118,29 @@ def test_pointer_is_json_and_names_the_manifest(store):
     ref = write_shardset(store, dataset)
     pointer = json.loads(store.read_bytes(store.resolve(dataset).join("_CURRENT")))
     assert ref.manifest_uri.endswith(pointer["manifest"]) and pointer["sha256"] == ref.manifest_sha256
+
+
+def test_tensor_columns_are_lz4_without_dictionary_or_statistics_and_bytes_are_deterministic():
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from airflow_bigdata_ai.shards.dataset import table_to_parquet_bytes
+
+    table = shard_table(0, 50)
+    data = table_to_parquet_bytes(table)
+    assert data == table_to_parquet_bytes(shard_table(0, 50))
+    row_group = pq.ParquetFile(pa.BufferReader(data)).metadata.row_group(0)
+    columns = {row_group.column(i).path_in_schema: row_group.column(i) for i in range(row_group.num_columns)}
+    assert columns["image"].compression == "LZ4"
+    assert not columns["image"].has_dictionary_page and not columns["image"].is_stats_set
+    assert columns["label"].compression == "ZSTD" and columns["label"].is_stats_set
+    assert pq.read_table(pa.BufferReader(data)).equals(table)
+
+
+def test_ray_read_tasks_take_contiguous_near_equal_groups_of_shards():
+    from airflow_bigdata_ai.shards.ray_source import _groups
+
+    shards = list(range(10))
+    assert _groups(shards, 4) == [[0, 1, 2], [3, 4, 5], [6, 7], [8, 9]]  # type: ignore[arg-type]
+    assert _groups(shards, 50) == [[i] for i in shards]  # type: ignore[arg-type]
+    assert _groups(shards, 0) == [shards]  # type: ignore[arg-type]
