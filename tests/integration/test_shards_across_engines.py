@@ -74,9 +74,10 @@ def test_spark_written_shardset_reads_identically_in_ray(attached, tmp_path):
     expected = pa.concat_tables([shard_table(i, ROWS) for i in range(SHARDS)])
     # the provider's reader (what RayTrainOperator uses): one block per shard, in manifest order
     ours = pa.concat_tables(ray.get(read_ray_dataset(store, ref, read_tasks=3).to_arrow_refs()))
-    assert ours.select(["record_id", "image", "label"]).to_pylist() == expected.select(
-        ["record_id", "image", "label"]
-    ).to_pylist()
+    assert (
+        ours.select(["record_id", "image", "label"]).to_pylist()
+        == expected.select(["record_id", "image", "label"]).to_pylist()
+    )
     # and a plain Ray Data read of the same files agrees
     paths = [store.arrow_path(uri) for uri in shard_uris(store, ref)]
     from_ray = ray.data.read_parquet(paths, filesystem=store.arrow_filesystem()).to_arrow_refs()

@@ -21,7 +21,14 @@ from airflow_bigdata_ai.shards import ChecksumMismatch, ModelRef, encode_tensors
 from airflow_bigdata_ai.train import RunKey, TrainConfig, checkpoint_uri, has_checkpoint
 from airflow_bigdata_ai.train.chaos import ExitOnceStep
 from airflow_bigdata_ai.train.core import _prepare_checkpoint_dir
-from airflow_bigdata_ai.train.loop import LoopSpec, StepContext, batch_to_tensors, default_train_step, split_batch
+from airflow_bigdata_ai.train.loop import (
+    LoopSpec,
+    StepContext,
+    batch_to_tensors,
+    default_train_step,
+    split_batch,
+    worker_threads,
+)
 from airflow_bigdata_ai.train.sample_data import write_digits_shardset
 
 FACTORY = "airflow_bigdata_ai.models.digits:make_digits_cnn"
@@ -186,3 +193,9 @@ def test_operator_resume_decision(tmp_path: Any) -> None:
     assert op.is_job_succeeded(op.get_job_status(handle, context))
     assert op.get_job_result(handle, context) == ref.to_dict()
     assert op.train_config().epochs == 2
+
+
+def test_each_worker_uses_as_many_threads_as_the_cpus_ray_reserved_for_it():
+    assert worker_threads(TrainConfig()) == 1
+    assert worker_threads(TrainConfig(num_workers=1, resources_per_worker={"CPU": 2.0})) == 2
+    assert worker_threads(TrainConfig(resources_per_worker={"CPU": 0.5})) == 1
