@@ -1,9 +1,8 @@
 """The benchmark harness in fast mode, on the session's shared cluster, so that ``make bench`` cannot rot.
 
-Five of the six benchmarks really run here (tiny sizes, fewer repetitions; the cold start and the engines
-are real). The end-to-end benchmark is left to ``make bench``: its per-task variant alone pays three cold
-starts, and the example DAG on the shared cluster already runs six times in tests/system. Results go to a
-temporary directory, never over the committed ones.
+All six benchmarks really run here (tiny sizes, fewer repetitions; the cold start, the engines and the
+example DAG under ``airflow dags test``, on the shared cluster and with a cluster per task, are real).
+Results go to a temporary directory, never over the committed ones.
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ from tests.integration.conftest import SharedCluster, subprocess_env
 pytestmark = pytest.mark.integration
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-NAMES = ("cluster", "handoff", "preprocess", "train", "infer")
+NAMES = ("cluster", "handoff", "preprocess", "train", "infer", "e2e")
 
 
 @pytest.mark.timeout(2400)
