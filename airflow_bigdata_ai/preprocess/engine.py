@@ -1,9 +1,12 @@
 """Engines that run a :class:`ShardJob`: Spark (through Spark Connect) and in-process.
 
 The Spark plan uses only DataFrame APIs that work over Spark Connect (no SparkContext, no RDDs):
-a one-row seed -> ``mapInArrow`` listing on an executor -> ``cache`` -> ``repartitionByRange``
-on the shard number -> ``mapInArrow`` that writes shards and returns summary rows, streamed back with
-``toLocalIterator`` so the task log shows progress while the job runs.
+a one-row seed -> ``mapInArrow`` that lists the source on an executor and stages each shard's units as a
+small Parquet file in the attempt's staging area -> ``spark.range(shards, numPartitions=shards)`` ->
+``mapInArrow`` in which task *i* reads shard *i*'s units, writes that shard and returns summary rows,
+streamed back with ``toLocalIterator`` so the task log shows progress while the job runs. One shard per
+task, exactly: range partitioning of the listing by shard number put two shards in one task and left
+another core idle (6 shards -> 5 tasks, measured).
 """
 
 from __future__ import annotations
@@ -16,11 +19,15 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from airflow_bigdata_ai.preprocess.errors import SourceError
 from airflow_bigdata_ai.preprocess.process import SUMMARY_DDL, ShardJob
-from airflow_bigdata_ai.preprocess.sources import UNIT_DDL, UNIT_SCHEMA, list_units
+from airflow_bigdata_ai.preprocess.sources import list_units
+from airflow_bigdata_ai.shards.dataset import table_to_parquet_bytes
+from airflow_bigdata_ai.shards.paths import StoreURI
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -92,22 +99,46 @@ def run_local(
     return rows
 
 
+LISTING_DDL = "inputs long, shards long"
+
+
+def staged_units_uri(job: ShardJob, shard: int) -> StoreURI:
+    """Where the listing stages shard ``shard``'s units: beside the attempt's shards, removed after the job."""
+    return job.writer.dataset.join(job.writer.shard_path(shard, ".units.parquet"))
+
+
+def stage_units(job: ShardJob, units: pa.Table) -> int:
+    """Write each shard's units to its staging file; returns the number of shards."""
+    ids = units.column("shard").to_numpy()
+    order = np.argsort(ids, kind="stable")
+    units, ids = units.take(order), ids[order]
+    shards, starts = np.unique(ids, return_index=True)
+    ends = [*starts[1:], len(ids)]
+    for shard, start, end in zip(shards, starts, ends, strict=True):
+        data = table_to_parquet_bytes(units.slice(int(start), int(end - start)))
+        job.writer.store.write_bytes(staged_units_uri(job, int(shard)), data)
+    return len(shards)
+
+
 def _list_partition(
     job: ShardJob, rows_per_shard: int
 ) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
     def list_fn(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         seeds = sum(batch.num_rows for batch in batches)
         if seeds:
-            yield from list_units(job.source, job.source_store, rows_per_shard).to_batches(max_chunksize=8192)
+            units = list_units(job.source, job.source_store, rows_per_shard)
+            shards = stage_units(job, units)
+            yield pa.RecordBatch.from_pylist([{"inputs": units.num_rows, "shards": shards}])
 
     return list_fn
 
 
 def _process_partition(job: ShardJob) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
     def process_fn(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        table = pa.Table.from_batches(list(batches), schema=UNIT_SCHEMA)
-        if table.num_rows:
-            yield from job.process_units(table).to_batches()
+        for batch in batches:
+            for shard in batch.column("id").to_pylist():
+                data = job.writer.store.read_bytes(staged_units_uri(job, int(shard)))
+                yield from job.process_units(pq.read_table(pa.BufferReader(data))).to_batches()
 
     return process_fn
 
@@ -161,17 +192,14 @@ def run_spark(
     """Run ``job`` data-parallel; returns the summary rows. ``tag`` lets ``interruptTag`` cancel just this."""
     start = time.monotonic()
     ship_by_value(job.transform)
-    listing: Any = None
+    shards = 0
     if tag:
         spark.addTag(tag)
     try:
         try:
             seed = spark.createDataFrame([(0,)], "seed int")
-            # cache(), not localCheckpoint(): pyspark 4.3's Connect client binds checkpointed DataFrames to the
-            # process's *active* session, which breaks when a process holds several sessions (tests, notebooks).
-            listing = seed.mapInArrow(_list_partition(job, rows_per_shard), UNIT_DDL).cache()
-            counts = listing.selectExpr("count(1) AS n", "coalesce(max(shard), -1) + 1 AS shards").collect()[0]
-            total, shards = int(counts["n"]), int(counts["shards"])
+            counts = seed.mapInArrow(_list_partition(job, rows_per_shard), LISTING_DDL).collect()[0]
+            total, shards = int(counts["inputs"]), int(counts["shards"])
             log.info(
                 "preprocess: %d inputs in %d shards from %s (listed in %.1f s)",
                 total,
@@ -179,9 +207,7 @@ def run_spark(
                 job.source.uri,
                 time.monotonic() - start,
             )
-            summary = listing.repartitionByRange(max(shards, 1), "shard").mapInArrow(
-                _process_partition(job), SUMMARY_DDL
-            )
+            summary = spark.range(0, shards, 1, max(shards, 1)).mapInArrow(_process_partition(job), SUMMARY_DDL)
             throttle = _Throttle(progress, interval_s)
             rows: list[dict[str, Any]] = []
             done = shards_done = 0
@@ -196,11 +222,11 @@ def run_spark(
             _reraise_source_error(exc)
             raise
     finally:
-        if listing is not None:
+        if shards:  # staging only: the shards and the manifest never reference these files
             try:
-                listing.unpersist()
-            except Exception:  # the session may be gone (interrupted, stopped): the server drops its cache then
-                log.debug("unpersist of the listing failed", exc_info=True)
+                job.writer.store.delete([staged_units_uri(job, shard) for shard in range(shards)])
+            except Exception:  # a leftover staging file is harmless; do not hide the job's own error
+                log.warning("could not remove the staged listing of %s", job.writer.dataset, exc_info=True)
         if tag:
             spark.removeTag(tag)
     return rows

@@ -24,7 +24,6 @@ from airflow_bigdata_ai.shards.store import ShardStore
 FORMATS = ("images", "parquet", "csv")
 
 # One listing unit: an image file, or a whole tabular file. Spark DDL and Arrow schema must agree.
-UNIT_DDL = "record_id string, uri string, label long, label_error string, shard int"
 UNIT_SCHEMA = pa.schema(
     [
         pa.field("record_id", pa.string()),

@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 from collections import Counter
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -288,3 +289,32 @@ def test_preprocess_workers_keep_large_blocks_instead_of_refaulting_them():
     default, tuned = faults("default"), faults("tuned")
     assert default > 10_000  # freed blocks went back to the kernel and were faulted in again
     assert tuned < default / 10
+
+
+def test_listing_is_staged_one_file_per_shard_inside_the_attempt(tmp_path):
+    from types import SimpleNamespace
+
+    from airflow_bigdata_ai.preprocess.engine import stage_units, staged_units_uri
+    from airflow_bigdata_ai.preprocess.sources import UNIT_SCHEMA
+    from airflow_bigdata_ai.shards import ShardWriter
+
+    store = open_store(str(tmp_path))
+    job: Any = SimpleNamespace(writer=ShardWriter(store, f"{tmp_path}/out/ds=none"))
+    shards = [2, 0, 1, 0, 2, 2]
+    units = pa.table(
+        {
+            "record_id": [f"r{i}" for i in range(6)],
+            "uri": [f"file:///x/{i}" for i in range(6)],
+            "label": [0] * 6,
+            "label_error": [None] * 6,
+            "shard": shards,
+        },
+        schema=UNIT_SCHEMA,
+    )
+    assert stage_units(job, units) == 3
+    for shard, expected in ((0, ["r1", "r3"]), (1, ["r2"]), (2, ["r0", "r4", "r5"])):
+        uri = staged_units_uri(job, shard)
+        assert f"/attempts/{job.writer.attempt_id}/" in str(uri)
+        staged = pq.read_table(pa.BufferReader(store.read_bytes(uri)))
+        assert staged.column("record_id").to_pylist() == expected
+        assert set(staged.column("shard").to_pylist()) == {shard}
