@@ -175,11 +175,11 @@ def xcom_bytes(root: str) -> dict[int, int]:
     import pyarrow as pa
 
     from airflow_bigdata_ai.shards import Producer, ShardWriter, open_store
-    from airflow_bigdata_ai.shards.dataset import table_to_parquet_bytes
+    from airflow_bigdata_ai.shards.dataset import encode_parquet
 
     store = open_store(root)
     table = pa.table({"record_id": ["r0"], "label": [0]})
-    blob = table_to_parquet_bytes(table)
+    blob = encode_parquet(table)
     sizes = {}
     for count in XCOM_SHARDS:
         writer = ShardWriter(store, f"{root}/xcom/n={count}")

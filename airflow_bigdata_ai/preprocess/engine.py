@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 from airflow_bigdata_ai.preprocess.errors import SourceError
 from airflow_bigdata_ai.preprocess.process import SUMMARY_DDL, ShardJob
 from airflow_bigdata_ai.preprocess.sources import list_units
-from airflow_bigdata_ai.shards.dataset import table_to_parquet_bytes
+from airflow_bigdata_ai.shards.dataset import encode_parquet
 from airflow_bigdata_ai.shards.paths import StoreURI
 
 if TYPE_CHECKING:
@@ -115,7 +115,7 @@ def stage_units(job: ShardJob, units: pa.Table) -> int:
     shards, starts = np.unique(ids, return_index=True)
     ends = [*starts[1:], len(ids)]
     for shard, start, end in zip(shards, starts, ends, strict=True):
-        data = table_to_parquet_bytes(units.slice(int(start), int(end - start)))
+        data = encode_parquet(units.slice(int(start), int(end - start)))
         job.writer.store.write_bytes(staged_units_uri(job, int(shard)), data)
     return len(shards)
 

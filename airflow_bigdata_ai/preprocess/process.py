@@ -126,22 +126,49 @@ def normalise_output(value: Any, default_name: str) -> dict[str, Any]:
     return out
 
 
-def build_table(
-    record_ids: list[str], labels: list[int | None], outputs: list[dict[str, Any]], specs: dict[str, tuple[Any, ...]]
-) -> pa.Table:
-    fields = [pa.field("record_id", pa.string(), nullable=False), pa.field("label", pa.int64())]
-    arrays: list[pa.Array] = [pa.array(record_ids, pa.string()), pa.array(labels, pa.int64())]
-    for name, spec in specs.items():
-        values = [o[name] for o in outputs]
-        if spec[0] == "tensor":
-            _, shape, dtype = spec
-            fields.append(tensor_field(name, shape, dtype))
-            arrays.append(encode_tensors(np.stack(values).astype(dtype, copy=False)))
-        else:
-            arrow_type = pa.type_for_alias(spec[1])
-            fields.append(pa.field(name, arrow_type))
-            arrays.append(pa.array([v.item() if isinstance(v, np.generic) else v for v in values], arrow_type))
-    return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
+class ShardColumns:
+    """One shard's output columns, filled record by record.
+
+    Each tensor column is one array allocated once per shard and filled in place: keeping hundreds of
+    per-record arrays and stacking them at the end faulted ~20k fresh pages in per 512-image shard
+    (0.3-0.6 s of system time against ~1.9 s of decoding, measured). Grows by doubling when a tabular
+    source yields more records than its files were counted as.
+    """
+
+    def __init__(self, specs: dict[str, tuple[Any, ...]], capacity: int) -> None:
+        self.specs = specs
+        self.record_ids: list[str] = []
+        self.labels: list[int | None] = []
+        self.tensors = {n: np.empty((max(capacity, 1), *s[1]), s[2]) for n, s in specs.items() if s[0] == "tensor"}
+        self.scalars: dict[str, list[Any]] = {n: [] for n, s in specs.items() if s[0] == "scalar"}
+
+    def __len__(self) -> int:
+        return len(self.record_ids)
+
+    def append(self, record_id: str, label: int | None, out: Mapping[str, Any]) -> None:
+        row = len(self.record_ids)
+        for name, column in self.tensors.items():
+            if row == len(column):
+                column = self.tensors[name] = np.concatenate([column, np.empty_like(column)])
+            column[row] = out[name]
+        for name, values in self.scalars.items():
+            value = out[name]
+            values.append(value.item() if isinstance(value, np.generic) else value)
+        self.record_ids.append(record_id)
+        self.labels.append(label)
+
+    def table(self) -> pa.Table:
+        fields = [pa.field("record_id", pa.string(), nullable=False), pa.field("label", pa.int64())]
+        arrays: list[pa.Array] = [pa.array(self.record_ids, pa.string()), pa.array(self.labels, pa.int64())]
+        for name, spec in self.specs.items():
+            if spec[0] == "tensor":
+                fields.append(tensor_field(name, spec[1], spec[2]))
+                arrays.append(encode_tensors(self.tensors[name][: len(self)]))
+            else:
+                arrow_type = pa.type_for_alias(spec[1])
+                fields.append(pa.field(name, arrow_type))
+                arrays.append(pa.array(self.scalars[name], arrow_type))
+        return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
 
 
 def prefetch(read: Callable[[str], bytes], uris: list[str], window: int) -> Iterator[bytes]:
@@ -209,11 +236,9 @@ class ShardJob:
         keep_large_allocations()
         wall0, cpu0 = time.perf_counter(), time.process_time()
         ordered = sorted(units, key=lambda u: u["record_id"])
-        record_ids: list[str] = []
-        labels: list[int | None] = []
-        outputs: list[dict[str, Any]] = []
         bad: list[QuarantineRecord] = []
         specs: dict[str, tuple[Any, ...]] | None = dict(self.output_spec) if self.output_spec else None
+        columns = ShardColumns(specs, len(ordered)) if specs else None
         inputs = 0
         for record_id, uri, label, payload in self._records(ordered):
             inputs += 1
@@ -227,13 +252,12 @@ class ShardJob:
             except Quarantined as exc:
                 bad.append(QuarantineRecord(record_id, uri, exc.reason, exc.detail))
                 continue
-            record_ids.append(record_id)
-            labels.append(label)
-            outputs.append(out)
+            columns = columns or ShardColumns(specs, len(ordered))
+            columns.append(record_id, label, out)
         summary: dict[str, Any] = dict.fromkeys(SUMMARY_SCHEMA.names)
         summary.update(kind="shard", shard=shard, rows=0, bytes=0, inputs=inputs)
-        if outputs and specs is not None:
-            table = build_table(record_ids, labels, outputs, specs)
+        if columns:
+            table = columns.table()
             info = self.writer.write_table(shard, table)
             summary.update(
                 path=info.path, rows=info.rows, bytes=info.bytes, sha256=info.sha256,

@@ -8,16 +8,22 @@ foreign bucket or a path outside the root.
 from __future__ import annotations
 
 import builtins
+import contextlib
+import io
 import os
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from airflow_bigdata_ai.shards.errors import InvalidReference
 from airflow_bigdata_ai.shards.paths import StoreURI, parse_uri
 
 if TYPE_CHECKING:
     import pyarrow.fs
+
+BytesLike = bytes | bytearray | memoryview
+"""What the stores write: shard encoders hand over a view of Arrow's buffer instead of copying it to bytes."""
 
 
 @dataclass(frozen=True)
@@ -57,11 +63,21 @@ class ShardStore:
     def read_bytes(self, uri: str | StoreURI) -> bytes:
         raise NotImplementedError
 
-    def write_bytes(self, uri: str | StoreURI, data: bytes) -> None:
+    def write_bytes(self, uri: str | StoreURI, data: BytesLike) -> None:
         """Write or replace an object atomically: readers see the old bytes or the new, never a mix."""
         raise NotImplementedError
 
-    def put_if_absent(self, uri: str | StoreURI, data: bytes) -> bool:
+    @contextlib.contextmanager
+    def open_write(self, uri: str | StoreURI) -> Iterator[BinaryIO]:
+        """Write an object through a file handle; published atomically when the block ends without error.
+
+        The default buffers in memory and calls :meth:`write_bytes`; stores that can stream override it.
+        """
+        buffer = io.BytesIO()
+        yield buffer
+        self.write_bytes(uri, buffer.getbuffer())
+
+    def put_if_absent(self, uri: str | StoreURI, data: BytesLike) -> bool:
         """Create an object only if it does not exist yet. Returns False when it already existed."""
         raise NotImplementedError
 
@@ -95,7 +111,7 @@ class LocalStore(ShardStore):
         with open(path, "rb") as handle:
             return handle.read()
 
-    def _write_temp(self, path: str, data: bytes) -> str:
+    def _write_temp(self, path: str, data: BytesLike) -> str:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(path))
         with os.fdopen(fd, "wb") as handle:
@@ -104,13 +120,31 @@ class LocalStore(ShardStore):
             os.fsync(handle.fileno())
         return tmp
 
-    def write_bytes(self, uri: str | StoreURI, data: bytes) -> None:
+    def write_bytes(self, uri: str | StoreURI, data: BytesLike) -> None:
         path = self.resolve(uri).path
         tmp = self._write_temp(path, data)
         os.replace(tmp, path)
         _fsync_dir(os.path.dirname(path))
 
-    def put_if_absent(self, uri: str | StoreURI, data: bytes) -> bool:
+    @contextlib.contextmanager
+    def open_write(self, uri: str | StoreURI) -> Iterator[BinaryIO]:
+        """Streams into a temporary file beside the target (no copy of the object in memory), then renames."""
+        path = self.resolve(uri).path
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(path))
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                yield handle
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        _fsync_dir(os.path.dirname(path))
+
+    def put_if_absent(self, uri: str | StoreURI, data: BytesLike) -> bool:
         path = self.resolve(uri).path
         tmp = self._write_temp(path, data)
         try:
@@ -185,16 +219,16 @@ class S3Store(ShardStore):
         response = self.client.get_object(Bucket=target.bucket, Key=target.path)
         return bytes(response["Body"].read())
 
-    def write_bytes(self, uri: str | StoreURI, data: bytes) -> None:
-        target = self.resolve(uri)  # a single PUT is atomic on S3
-        self.client.put_object(Bucket=target.bucket, Key=target.path, Body=data)
+    def write_bytes(self, uri: str | StoreURI, data: BytesLike) -> None:
+        target = self.resolve(uri)  # a single PUT is atomic on S3; botocore takes bytes, not views
+        self.client.put_object(Bucket=target.bucket, Key=target.path, Body=bytes(data))
 
-    def put_if_absent(self, uri: str | StoreURI, data: bytes) -> bool:
+    def put_if_absent(self, uri: str | StoreURI, data: BytesLike) -> bool:
         from botocore.exceptions import ClientError
 
         target = self.resolve(uri)
         try:
-            self.client.put_object(Bucket=target.bucket, Key=target.path, Body=data, IfNoneMatch="*")
+            self.client.put_object(Bucket=target.bucket, Key=target.path, Body=bytes(data), IfNoneMatch="*")
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict"):
                 return False

@@ -120,20 +120,47 @@ def test_pointer_is_json_and_names_the_manifest(store):
     assert ref.manifest_uri.endswith(pointer["manifest"]) and pointer["sha256"] == ref.manifest_sha256
 
 
-def test_tensor_columns_are_lz4_without_dictionary_or_statistics_and_bytes_are_deterministic():
+def _column_chunks(data: memoryview) -> dict[str, object]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from airflow_bigdata_ai.shards.dataset import table_to_parquet_bytes
-
-    table = shard_table(0, 50)
-    data = table_to_parquet_bytes(table)
-    assert data == table_to_parquet_bytes(shard_table(0, 50))
     row_group = pq.ParquetFile(pa.BufferReader(data)).metadata.row_group(0)
-    columns = {row_group.column(i).path_in_schema: row_group.column(i) for i in range(row_group.num_columns)}
-    assert columns["image"].compression == "LZ4"
+    return {row_group.column(i).path_in_schema: row_group.column(i) for i in range(row_group.num_columns)}
+
+
+def test_tensor_columns_have_no_dictionary_or_statistics_and_bytes_are_deterministic():
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from airflow_bigdata_ai.shards.dataset import encode_parquet
+
+    table = shard_table(0, 50)  # random float32 pixels: LZ4 would not pay
+    data = encode_parquet(table)
+    assert data == encode_parquet(shard_table(0, 50))
+    columns = _column_chunks(data)
+    assert columns["image"].compression == "UNCOMPRESSED"
     assert not columns["image"].has_dictionary_page and not columns["image"].is_stats_set
     assert columns["label"].compression == "ZSTD" and columns["label"].is_stats_set
+    assert pq.read_table(pa.BufferReader(data)).equals(table)
+
+
+def test_tensor_columns_that_compress_well_get_lz4():
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from airflow_bigdata_ai.shards.dataset import encode_parquet, tensor_codec
+    from airflow_bigdata_ai.shards.tensors import encode_tensors
+
+    flat = np.zeros((300, 3, 64, 64), np.uint8)
+    flat[:, :, 16:48, 16:48] = np.arange(300, dtype=np.uint8)[:, None, None, None]  # a square on black
+    noisy = np.random.default_rng(0).integers(0, 256, flat.shape, dtype=np.uint8)
+    assert tensor_codec(pa.chunked_array([encode_tensors(flat)])) == "lz4"
+    assert tensor_codec(pa.chunked_array([encode_tensors(noisy)])) == "none"
+    assert tensor_codec(pa.chunked_array([encode_tensors(flat[:0])])) == "none"
+    table = pa.table({"image": encode_tensors(flat)})
+    data = encode_parquet(table)
+    assert _column_chunks(data)["image"].compression == "LZ4"
     assert pq.read_table(pa.BufferReader(data)).equals(table)
 
 
@@ -144,3 +171,54 @@ def test_ray_read_tasks_take_contiguous_near_equal_groups_of_shards():
     assert _groups(shards, 4) == [[0, 1, 2], [3, 4, 5], [6, 7], [8, 9]]  # type: ignore[arg-type]
     assert _groups(shards, 50) == [[i] for i in shards]  # type: ignore[arg-type]
     assert _groups(shards, 0) == [shards]  # type: ignore[arg-type]
+
+
+def test_streamed_shard_has_the_bytes_and_checksum_of_the_in_memory_encoding(tmp_path):
+    import hashlib
+
+    from airflow_bigdata_ai.shards.dataset import ShardWriter, encode_parquet
+    from airflow_bigdata_ai.shards.store import open_store
+
+    store = open_store(str(tmp_path))
+    writer = ShardWriter(store, f"{tmp_path}/out")
+    table = shard_table(3, 40)
+    info = writer.write_table(0, table)
+    expected = bytes(encode_parquet(table))
+    written = store.read_bytes(writer.dataset.join(info.path))
+    assert written == expected
+    assert (info.bytes, info.sha256) == (len(expected), hashlib.sha256(expected).hexdigest())
+
+
+def test_a_failed_streamed_write_publishes_nothing_and_leaves_no_temporary_file(tmp_path):
+    import pytest
+
+    from airflow_bigdata_ai.shards.store import open_store
+
+    store = open_store(str(tmp_path))
+    with pytest.raises(RuntimeError, match="encoder failed"):
+        with store.open_write(f"{tmp_path}/d/part.parquet") as handle:
+            handle.write(b"half a shard")
+            raise RuntimeError("encoder failed")
+    assert list((tmp_path / "d").iterdir()) == []
+    with store.open_write(f"{tmp_path}/d/part.parquet") as handle:
+        handle.write(b"whole")
+    assert [p.name for p in (tmp_path / "d").iterdir()] == ["part.parquet"]
+    assert store.read_bytes(f"{tmp_path}/d/part.parquet") == b"whole"
+
+
+def test_large_shards_are_written_in_row_groups_of_about_eight_megabytes():
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from airflow_bigdata_ai.shards.dataset import ROW_GROUP_BYTES, encode_parquet
+    from airflow_bigdata_ai.shards.tensors import encode_tensors
+
+    images = np.random.default_rng(1).integers(0, 256, (100, 3, 128, 128), dtype=np.uint8)  # 4.9 MB
+    table = pa.table({"image": encode_tensors(images)})
+    assert pq.ParquetFile(pa.BufferReader(encode_parquet(table))).metadata.num_row_groups == 1
+    big = pa.concat_tables([table] * 5)  # 24.6 MB
+    meta = pq.ParquetFile(pa.BufferReader(encode_parquet(big))).metadata
+    rows_per_group = ROW_GROUP_BYTES * big.num_rows // big.nbytes  # 170 rows of 48 KiB
+    assert meta.num_row_groups == 3 and meta.row_group(0).num_rows == rows_per_group
+    assert pq.read_table(pa.BufferReader(encode_parquet(big))).equals(big)
