@@ -23,6 +23,10 @@ from typing import Any
 ENV_STATE_DIR = "AIRFLOW_BIGDATA_AI_STATE_DIR"
 ENV_HOME = "AIRFLOW_BIGDATA_AI_HOME"
 DEFAULT_CLUSTER_NAME = "ray_on_spark_default"
+EXECUTOR_CORES_CONF = "spark.airflow_bigdata_ai.cores"
+"""Spark conf with the cores the executors really have. The embedded cluster sets it to this machine's
+cores (it has more task slots than cores, so Ray worker nodes can hold slots); for another master, set it
+in ``spark_conf``. Preprocessing runs one task per core when it is known."""
 
 
 class ClusterUnavailable(RuntimeError):

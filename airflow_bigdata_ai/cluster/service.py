@@ -24,6 +24,7 @@ import psutil
 
 from airflow_bigdata_ai.cluster import procs
 from airflow_bigdata_ai.cluster.config import (
+    EXECUTOR_CORES_CONF,
     ClusterConfig,
     ClusterEndpoint,
     StatePaths,
@@ -187,6 +188,8 @@ def serve(state_dir: str, cluster_id: str) -> int:
     }
     if loopback:
         public_conf.update({"spark.driver.host": LOOPBACK, "spark.driver.bindAddress": LOOPBACK})
+    if master.startswith("local-cluster"):  # executors share this machine's cores
+        public_conf[EXECUTOR_CORES_CONF] = str(os.cpu_count() or 1)
     public_conf.update({k: str(v) for k, v in config.spark_conf.items()})
     # Secrets go into the SparkConf only after the JVM is up: launch arguments are visible in `ps`.
     secret_conf = {

@@ -30,6 +30,9 @@ class SparkPreprocessOperator(SharedClusterOperator):
     :param transform_kwargs: keyword arguments for a user function (templated, e.g. ``{"size": "{{ params.size }}"}``).
     :param guards: ``{"max_pixels": ..., "channels": [...]}`` checked before decoding / before user code.
     :param output_uri: full output location; default is ``<output_root>/<dag>/<task>/ds=<logical date>``.
+    :param rows_per_shard: the most rows one shard holds (shards are cut evenly).
+    :param parallelism: Spark tasks, one per core (default: the cores the shared cluster publishes). The
+        shard count is rounded up to a multiple of it: pin it to keep checksums stable if the cluster grows.
     :param max_bad_fraction: fail (without retries) when more than this fraction is quarantined.
     """
 
@@ -42,6 +45,7 @@ class SparkPreprocessOperator(SharedClusterOperator):
         "guards",
         "output_spec",
         "rows_per_shard",
+        "parallelism",
         "max_bad_fraction",
     )
     template_fields_renderers = {"source": "json", "transform": "json", "transform_kwargs": "json", "guards": "json"}
@@ -57,6 +61,7 @@ class SparkPreprocessOperator(SharedClusterOperator):
         output_spec: Mapping[str, Sequence[Any]] | None = None,
         output_uri: str | None = None,
         rows_per_shard: int | str = 512,
+        parallelism: int | str | None = None,
         max_bad_fraction: float | str = 0.01,
         progress_interval_s: float = 10.0,
         **kwargs: Any,
@@ -69,6 +74,7 @@ class SparkPreprocessOperator(SharedClusterOperator):
         self.output_spec = output_spec
         self.output_uri = output_uri
         self.rows_per_shard = rows_per_shard
+        self.parallelism = parallelism
         self.max_bad_fraction = max_bad_fraction
         self.progress_interval_s = progress_interval_s
 
@@ -104,6 +110,7 @@ class SparkPreprocessOperator(SharedClusterOperator):
                 guards=self.guards,
                 output_spec={k: tuple(v) for k, v in self.output_spec.items()} if self.output_spec else None,
                 rows_per_shard=int(self.rows_per_shard),
+                parallelism=int(self.parallelism) if self.parallelism not in (None, "", "None") else None,
                 max_bad_fraction=float(self.max_bad_fraction),
                 source_store=self.hook.store_for(spec.uri),
                 output_store=store,

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
+from airflow_bigdata_ai.cluster.config import EXECUTOR_CORES_CONF
 from airflow_bigdata_ai.preprocess.engine import ProgressCallback, log_progress, run_local, run_spark
 from airflow_bigdata_ai.preprocess.errors import InconsistentOutput, TooManyBadRecords
 from airflow_bigdata_ai.preprocess.images import ImageGuards
@@ -43,6 +44,7 @@ def preprocess(
     guards: ImageGuards | Mapping[str, Any] | None = None,
     output_spec: Mapping[str, tuple[Any, ...]] | None = None,
     rows_per_shard: int = DEFAULT_ROWS_PER_SHARD,
+    parallelism: int | None = None,
     max_bad_fraction: float = 0.01,
     source_store: ShardStore | None = None,
     output_store: ShardStore | None = None,
@@ -54,12 +56,17 @@ def preprocess(
 ) -> ShardSet:
     """Transform ``source`` into a ShardSet committed at ``output_uri``.
 
-    With ``spark`` the work runs data-parallel on its executors; without, in this process (same bytes).
+    With ``spark`` the work runs data-parallel on its executors; without, in this process (same bytes
+    for the same ``parallelism``). ``parallelism`` is the number of Spark tasks (default: the cluster's
+    ``EXECUTOR_CORES_CONF``, else one task per shard); the shard count is rounded up to a multiple of it,
+    so pin it to keep checksums stable when the cluster grows.
     Raises :class:`TooManyBadRecords` above ``max_bad_fraction`` (report written, nothing committed),
     :class:`SourceError` for a missing or empty source, and any storage error as is.
     """
     if rows_per_shard < 1:
         raise ValueError("rows_per_shard must be >= 1")
+    if parallelism is not None and parallelism < 1:
+        raise ValueError("parallelism must be >= 1")
     if not 0.0 <= max_bad_fraction <= 1.0:
         raise ValueError("max_bad_fraction must be within [0, 1]")
     if transform_kwargs and (transform is None or not (callable(transform) or isinstance(transform, str))):
@@ -80,9 +87,13 @@ def preprocess(
     start = time.monotonic()
     try:
         if spark is not None:
-            rows = run_spark(spark, job, rows_per_shard, tag=tag, progress=progress, interval_s=progress_interval_s)
+            parallelism = parallelism or cluster_parallelism(spark)
+            rows = run_spark(
+                spark, job, rows_per_shard, parallelism=parallelism, tag=tag, progress=progress,
+                interval_s=progress_interval_s,
+            )  # fmt: skip
         else:
-            rows = run_local(job, rows_per_shard, progress=progress, interval_s=progress_interval_s)
+            rows = run_local(job, rows_per_shard, parallelism or 1, progress=progress, interval_s=progress_interval_s)
     except BaseException:
         writer.abort()
         raise
@@ -94,6 +105,12 @@ def preprocess(
     except BaseException:
         writer.abort()
         raise
+
+
+def cluster_parallelism(spark: SparkSession) -> int | None:
+    """The cores the cluster's executors have, as the shared cluster publishes them (None if it does not)."""
+    value = spark.conf.get(EXECUTOR_CORES_CONF, None)
+    return int(value) if value else None
 
 
 def _finish(

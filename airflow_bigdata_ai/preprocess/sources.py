@@ -136,8 +136,23 @@ def _label_for(
     return classes.index(parts[0]), None
 
 
-def list_units(spec: SourceSpec, store: ShardStore, rows_per_shard: int) -> pa.Table:
-    """The sorted, sharded listing of ``spec`` (raises :class:`SourceError` for a missing/empty source)."""
+def shard_count(inputs: int, rows_per_shard: int, parallelism: int = 1) -> int:
+    """The fewest shards of at most ``rows_per_shard`` inputs, rounded up to a multiple of ``parallelism``.
+
+    Rounding lets every one of ``parallelism`` tasks write the same number of equal shards, so no core idles
+    at the end (2,400 images at 512 rows on 2 cores: 6 shards of 400 instead of 5 of up to 512).
+    """
+    shards = -(-inputs // rows_per_shard)
+    shards = -(-shards // parallelism) * parallelism
+    return max(1, min(shards, inputs))
+
+
+def list_units(spec: SourceSpec, store: ShardStore, rows_per_shard: int, parallelism: int = 1) -> pa.Table:
+    """The sorted, sharded listing of ``spec`` (raises :class:`SourceError` for a missing/empty source).
+
+    Images are cut into :func:`shard_count` contiguous shards whose sizes differ by at most one; tabular
+    sources get one shard per file.
+    """
     root = store.resolve(spec.root)
     objects = store.list(root)
     if not objects:
@@ -154,13 +169,14 @@ def list_units(spec: SourceSpec, store: ShardStore, rows_per_shard: int) -> pa.T
         if classes is None and spec.labels == "folders":
             classes = sorted({r.split("/")[0] for r, _ in files if "/" in r})
         cols: dict[str, list[Any]] = {n: [] for n in UNIT_SCHEMA.names}
+        shards = shard_count(len(files), rows_per_shard, parallelism)
         for index, (rel, obj) in enumerate(files):
             label, error = _label_for(rel, spec, classes, labels_file)
             cols["record_id"].append(rel)
             cols["uri"].append(str(obj))
             cols["label"].append(label)
             cols["label_error"].append(error)
-            cols["shard"].append(index // rows_per_shard)
+            cols["shard"].append(index * shards // len(files))
         return pa.Table.from_pydict(cols, schema=UNIT_SCHEMA)
     suffix = ".parquet" if spec.format == "parquet" else ".csv"
     files = [(r, o) for r, o in rels if r.lower().endswith(suffix)]

@@ -94,7 +94,9 @@ def test_builtin_pipeline_shapes_and_values():
 def test_listing_is_sorted_sharded_and_labelled(digits_root):
     units = list_units(SourceSpec(digits_root), LocalStore(digits_root), rows_per_shard=100).to_pylist()
     assert [u["record_id"] for u in units] == sorted(u["record_id"] for u in units)
-    assert [u["shard"] for u in units] == [i // 100 for i in range(240)]
+    assert [u["shard"] for u in units] == [i // 80 for i in range(240)]  # 3 even shards of <= 100
+    paired = list_units(SourceSpec(digits_root), LocalStore(digits_root), rows_per_shard=100, parallelism=2)
+    assert paired.column("shard").to_pylist() == [i // 60 for i in range(240)]  # 4: a multiple of 2
     assert all(u["label"] == int(u["record_id"].split("/")[0]) for u in units)
 
 
@@ -132,7 +134,7 @@ def test_digits_rows_tensors_and_deterministic_rerun(digits_root, tmp_path):
     field = table.schema.field("image")
     shape, dtype = tensor_spec(field)  # type: ignore[misc]
     tensors = decode_tensors(table.column("image"), shape, dtype)
-    for index in (0, 17, 239):
+    for index in range(240):  # every row: shards reuse the tensor arrays of earlier shards
         record_id = table.column("record_id")[index].as_py()
         with Image.open(f"{digits_root}/{record_id}") as image:
             assert np.array_equal(tensors[index], digits_float(image))
@@ -318,3 +320,38 @@ def test_listing_is_staged_one_file_per_shard_inside_the_attempt(tmp_path):
         staged = pq.read_table(pa.BufferReader(store.read_bytes(uri)))
         assert staged.column("record_id").to_pylist() == expected
         assert set(staged.column("shard").to_pylist()) == {shard}
+
+
+def test_shard_count_is_the_fewest_even_shards_rounded_up_to_the_parallelism():
+    from airflow_bigdata_ai.preprocess.sources import shard_count
+
+    assert shard_count(2400, 512) == 5
+    assert shard_count(2400, 512, parallelism=2) == 6
+    assert shard_count(2400, 512, parallelism=4) == 8
+    assert shard_count(2400, 2400, parallelism=6) == 6
+    assert shard_count(3, 512, parallelism=8) == 3  # never an empty shard
+    assert shard_count(1, 512) == 1
+
+
+def test_each_task_gets_a_contiguous_run_of_shards_and_every_shard_once():
+    from airflow_bigdata_ai.preprocess.engine import task_shards
+
+    assert [list(task_shards(t, 6, 2)) for t in range(2)] == [[0, 1, 2], [3, 4, 5]]
+    runs = [list(task_shards(t, 7, 3)) for t in range(3)]
+    assert sorted(s for run in runs for s in run) == list(range(7)) and {len(r) for r in runs} == {2, 3}
+
+
+def test_array_pool_hands_a_written_shards_array_to_the_next_shard():
+    from airflow_bigdata_ai.preprocess.process import ArrayPool
+
+    pool = ArrayPool(keep=2)
+    first = pool.take(400, (3, 4, 4), "uint8")
+    pool.give(first)
+    again = pool.take(399, (3, 4, 4), "uint8")  # shards differ by a row at most
+    assert again.shape == (399, 3, 4, 4) and np.shares_memory(again, first)
+    assert not np.shares_memory(pool.take(10, (3, 4, 4), "float32"), first)  # other dtype: a new array
+    pool.give(again)
+    assert pool.take(401, (3, 4, 4), "uint8").shape == (401, 3, 4, 4)  # too small: a new array
+    for _ in range(3):
+        pool.give(np.empty((5, 2), np.uint8))
+    assert len(pool.free) == 2
