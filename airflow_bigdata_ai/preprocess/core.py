@@ -85,9 +85,10 @@ def preprocess(
         output_spec={k: tuple(v) for k, v in output_spec.items()} if output_spec else None,
     )
     start = time.monotonic()
+    if spark is not None:
+        parallelism = parallelism or cluster_parallelism(spark)
     try:
         if spark is not None:
-            parallelism = parallelism or cluster_parallelism(spark)
             rows = run_spark(
                 spark, job, rows_per_shard, parallelism=parallelism, tag=tag, progress=progress,
                 interval_s=progress_interval_s,
@@ -99,7 +100,7 @@ def preprocess(
         raise
     elapsed = time.monotonic() - start
     try:
-        return _finish(writer, spec, job, rows, max_bad_fraction, producer, elapsed)
+        return _finish(writer, spec, job, rows, max_bad_fraction, producer, elapsed, parallelism)
     except TooManyBadRecords:
         raise  # the staged shards are gone already; the quarantine report stays for inspection
     except BaseException:
@@ -121,6 +122,7 @@ def _finish(
     max_bad_fraction: float,
     producer: Producer | None,
     elapsed: float,
+    parallelism: int | None,
 ) -> ShardSet:
     shard_rows = sorted((r for r in rows if r["kind"] == "shard"), key=lambda r: r["shard"])
     bad = sorted((r for r in rows if r["kind"] == "bad"), key=lambda r: r["record_id"])
@@ -163,6 +165,7 @@ def _finish(
         "source": spec.to_dict(),
         "transform": describe_transform(job.transform),
         "transform_kwargs": job.transform_kwargs,
+        "parallelism": parallelism,  # shapes the shards: pass it to preprocess() to reproduce them elsewhere
         "elapsed_s": round(elapsed, 3),
         "shard_wall_s": round(sum(r["wall_s"] or 0.0 for r in shard_rows), 3),
         "shard_cpu_s": round(sum(r["cpu_s"] or 0.0 for r in shard_rows), 3),

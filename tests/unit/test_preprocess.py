@@ -355,3 +355,32 @@ def test_array_pool_hands_a_written_shards_array_to_the_next_shard():
     for _ in range(3):
         pool.give(np.empty((5, 2), np.uint8))
     assert len(pool.free) == 2
+
+
+def test_running_tasks_report_progress_through_files_the_driver_polls(digits_root, tmp_path, monkeypatch):
+    import threading
+
+    from airflow_bigdata_ai.preprocess import engine
+    from airflow_bigdata_ai.preprocess.process import ShardJob
+    from airflow_bigdata_ai.shards.dataset import ShardWriter
+
+    out = str(tmp_path / "out")
+    job = ShardJob(SourceSpec(digits_root), LocalStore(digits_root), ShardWriter(open_store(out), out))
+    monkeypatch.setattr(engine, "PROGRESS_WRITE_S", 0.0)
+    first, second = engine._TaskProgress(job, 0), engine._TaskProgress(job, 1)
+    for _ in range(5):
+        first()
+    for _ in range(3):
+        second()
+    seen: list[int] = []
+    stop = threading.Event()
+
+    def report(done: int) -> None:
+        seen.append(done)
+        stop.set()
+
+    engine._poll_progress(job, report, 0.01, stop)
+    assert seen == [8]
+    progress_files = job.writer.store.list(engine.progress_prefix(job))
+    assert [uri.path.rsplit("/", 1)[1] for uri in progress_files] == ["task-00000.json", "task-00001.json"]
+    assert all(f"/attempts/{job.writer.attempt_id}/progress/" in uri.path for uri in progress_files)
