@@ -169,6 +169,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         # every process on the machine (executors, JVMs, Ray, this one) while the operator ran
         "operator_machine_cpu_s": round(op_busy, 2),
         "shards": shardset["num_shards"],
+        "parallelism": shardset["stats"].get("parallelism"),  # Spark tasks: one per core of the cluster
         "spark": args.spark,
         "load_avg_1m": [round(load_before, 1), round(os.getloadavg()[0], 1)],
     }
