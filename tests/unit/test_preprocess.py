@@ -367,20 +367,43 @@ def test_running_tasks_report_progress_through_files_the_driver_polls(digits_roo
     out = str(tmp_path / "out")
     job = ShardJob(SourceSpec(digits_root), LocalStore(digits_root), ShardWriter(open_store(out), out))
     monkeypatch.setattr(engine, "PROGRESS_WRITE_S", 0.0)
-    first, second = engine._TaskProgress(job, 0), engine._TaskProgress(job, 1)
+    first, second = engine._TaskProgress(job, 0, 240, 4), engine._TaskProgress(job, 1, 240, 4)
     for _ in range(5):
         first()
     for _ in range(3):
         second()
-    seen: list[int] = []
+    seen: list[dict[str, int]] = []
     stop = threading.Event()
 
-    def report(done: int) -> None:
-        seen.append(done)
+    def report(update: dict[str, int]) -> None:
+        seen.append(update)
         stop.set()
 
     engine._poll_progress(job, report, 0.01, stop)
-    assert seen == [8]
+    assert seen == [{"running": 8, "total": 240, "shards": 4}]
     progress_files = job.writer.store.list(engine.progress_prefix(job))
     assert [uri.path.rsplit("/", 1)[1] for uri in progress_files] == ["task-00000.json", "task-00001.json"]
     assert all(f"/attempts/{job.writer.attempt_id}/progress/" in uri.path for uri in progress_files)
+
+
+def test_each_task_of_the_one_job_plan_lists_the_source_and_writes_its_run_of_shards(digits_root, tmp_path):
+    import shutil
+
+    from airflow_bigdata_ai.preprocess import engine
+    from airflow_bigdata_ai.preprocess.process import ShardJob
+    from airflow_bigdata_ai.shards.dataset import ShardWriter
+
+    out = str(tmp_path / "out")
+    job = ShardJob(SourceSpec(digits_root), LocalStore(digits_root), ShardWriter(open_store(out), out))
+    task_fn = engine._list_and_process_partition(job, rows_per_shard=64, tasks=2)
+    rows = pa.Table.from_batches(list(task_fn(iter([pa.record_batch({"id": [1]})])))).to_pylist()
+    listing, shards = rows[0], [r for r in rows if r["kind"] == "shard"]
+    assert (listing["kind"], listing["inputs"], listing["shard"]) == ("listing", 240, 4)
+    assert [r["shard"] for r in shards] == [2, 3] and sum(r["inputs"] for r in shards) == 120  # task 1 of 2
+
+    changed = tmp_path / "changed"
+    shutil.copytree(digits_root, changed)
+    next(p for p in changed.rglob("*.png")).unlink()
+    job.source, job.source_store = SourceSpec(str(changed)), LocalStore(str(changed))
+    other = next(iter(engine._list_and_process_partition(job, 64, 2)(iter([pa.record_batch({"id": [0]})]))))
+    assert other.to_pylist()[0]["sha256"] != listing["sha256"]  # the driver refuses differing listings

@@ -206,7 +206,7 @@ def test_a_failed_streamed_write_publishes_nothing_and_leaves_no_temporary_file(
     assert store.read_bytes(f"{tmp_path}/d/part.parquet") == b"whole"
 
 
-def test_large_shards_are_written_in_row_groups_of_about_eight_megabytes():
+def test_large_shards_are_written_in_row_groups_of_at_most_row_group_bytes():
     import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -217,8 +217,8 @@ def test_large_shards_are_written_in_row_groups_of_about_eight_megabytes():
     images = np.random.default_rng(1).integers(0, 256, (100, 3, 128, 128), dtype=np.uint8)  # 4.9 MB
     table = pa.table({"image": encode_tensors(images)})
     assert pq.ParquetFile(pa.BufferReader(encode_parquet(table))).metadata.num_row_groups == 1
-    big = pa.concat_tables([table] * 5)  # 24.6 MB
+    big = pa.concat_tables([table] * 15)  # 73.7 MB
     meta = pq.ParquetFile(pa.BufferReader(encode_parquet(big))).metadata
-    rows_per_group = ROW_GROUP_BYTES * big.num_rows // big.nbytes  # 170 rows of 48 KiB
+    rows_per_group = ROW_GROUP_BYTES * big.num_rows // big.nbytes  # 682 rows of 48 KiB
     assert meta.num_row_groups == 3 and meta.row_group(0).num_rows == rows_per_group
     assert pq.read_table(pa.BufferReader(encode_parquet(big))).equals(big)
