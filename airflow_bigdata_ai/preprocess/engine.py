@@ -26,13 +26,12 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from airflow_bigdata_ai.preprocess.errors import SourceError
 from airflow_bigdata_ai.preprocess.process import SUMMARY_DDL, SUMMARY_SCHEMA, ShardJob
-from airflow_bigdata_ai.preprocess.sources import list_units
+from airflow_bigdata_ai.preprocess.sources import list_units, units_by_shard
 from airflow_bigdata_ai.shards.dataset import ATTEMPTS, encode_parquet
 from airflow_bigdata_ai.shards.paths import StoreURI
 
@@ -98,13 +97,11 @@ def run_local(
     """The same job in this process (notebooks, tests); ``parallelism`` only shapes the shards, as on Spark."""
     start = time.monotonic()
     units = list_units(job.source, job.source_store, rows_per_shard, parallelism)
-    by_shard: dict[int, list[dict[str, Any]]] = {}
-    for unit in units.to_pylist():
-        by_shard.setdefault(unit["shard"], []).append(unit)
+    by_shard = units_by_shard(units)
     throttle = _Throttle(progress, interval_s)
     rows: list[dict[str, Any]] = []
     done = 0
-    for count, shard in enumerate(sorted(by_shard), start=1):
+    for count, shard in enumerate(by_shard, start=1):
         summary = job.process_shard(shard, by_shard[shard])
         rows.extend(summary)
         done += int(summary[0]["inputs"])
@@ -133,24 +130,20 @@ def task_shards(task: int, shards: int, tasks: int) -> range:
 
 def stage_units(job: ShardJob, units: pa.Table) -> int:
     """Write each shard's units to its staging file; returns the number of shards."""
-    ids = units.column("shard").to_numpy()
-    order = np.argsort(ids, kind="stable")
-    units, ids = units.take(order), ids[order]
-    shards, starts = np.unique(ids, return_index=True)
-    ends = [*starts[1:], len(ids)]
-    for shard, start, end in zip(shards, starts, ends, strict=True):
-        data = encode_parquet(units.slice(int(start), int(end - start)))
-        job.writer.store.write_bytes(staged_units_uri(job, int(shard)), data)
-    return len(shards)
+    by_shard = units_by_shard(units)
+    for shard, rows in by_shard.items():
+        data = encode_parquet(pa.Table.from_pylist(rows, schema=units.schema))
+        job.writer.store.write_bytes(staged_units_uri(job, shard), data)
+    return len(by_shard)
 
 
 def _list_partition(
-    job: ShardJob, rows_per_shard: int, parallelism: int
+    job: ShardJob, rows_per_shard: int
 ) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
     def list_fn(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         seeds = sum(batch.num_rows for batch in batches)
         if seeds:
-            units = list_units(job.source, job.source_store, rows_per_shard, parallelism)
+            units = list_units(job.source, job.source_store, rows_per_shard)
             shards = stage_units(job, units)
             yield pa.RecordBatch.from_pylist([{"inputs": units.num_rows, "shards": shards}])
 
@@ -212,9 +205,7 @@ def _list_and_process_partition(
         for batch in batches:
             for task in batch.column("id").to_pylist():
                 units = list_units(job.source, job.source_store, rows_per_shard, tasks)
-                by_shard: dict[int, list[dict[str, Any]]] = {}
-                for unit in units.to_pylist():
-                    by_shard.setdefault(int(unit["shard"]), []).append(unit)
+                by_shard = units_by_shard(units)
                 listing: dict[str, Any] = dict.fromkeys(SUMMARY_SCHEMA.names)
                 listing.update(kind="listing", shard=len(by_shard), inputs=units.num_rows)
                 listing.update(sha256=_listing_fingerprint(units))
@@ -337,7 +328,7 @@ def run_spark(
                 )
             else:
                 seed = spark.createDataFrame([(0,)], "seed int")
-                counts = seed.mapInArrow(_list_partition(job, rows_per_shard, 1), LISTING_DDL).collect()[0]
+                counts = seed.mapInArrow(_list_partition(job, rows_per_shard), LISTING_DDL).collect()[0]
                 staged = tasks = int(counts["shards"])
                 state.update(total=int(counts["inputs"]), shards=staged)
                 log.info("preprocess: %d inputs in %d shards from %s", state["total"], staged, job.source.uri)

@@ -194,6 +194,14 @@ def list_units(spec: SourceSpec, store: ShardStore, rows_per_shard: int, paralle
     )
 
 
+def units_by_shard(units: pa.Table) -> dict[int, list[dict[str, Any]]]:
+    """A listing's units grouped by shard, shards in ascending order."""
+    grouped: dict[int, list[dict[str, Any]]] = {}
+    for unit in units.to_pylist():
+        grouped.setdefault(int(unit["shard"]), []).append(unit)
+    return dict(sorted(grouped.items()))
+
+
 def read_tabular(spec: SourceSpec, store: ShardStore, uri: str) -> pa.Table:
     """One Parquet or CSV file as a table (errors raise: a whole unreadable file is not one bad record)."""
     data = store.read_bytes(uri)

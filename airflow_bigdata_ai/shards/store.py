@@ -111,42 +111,38 @@ class LocalStore(ShardStore):
         with open(path, "rb") as handle:
             return handle.read()
 
-    def _write_temp(self, path: str, data: BytesLike) -> str:
+    @contextlib.contextmanager
+    def _temp_beside(self, path: str) -> Iterator[tuple[BinaryIO, str]]:
+        """A temporary file next to ``path``, flushed and fsynced when the block ends; removed if it fails."""
         os.makedirs(os.path.dirname(path), exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(path))
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        return tmp
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                yield handle, tmp
+                handle.flush()
+                os.fsync(handle.fileno())
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
 
     def write_bytes(self, uri: str | StoreURI, data: BytesLike) -> None:
-        path = self.resolve(uri).path
-        tmp = self._write_temp(path, data)
-        os.replace(tmp, path)
-        _fsync_dir(os.path.dirname(path))
+        with self.open_write(uri) as handle:
+            handle.write(data)
 
     @contextlib.contextmanager
     def open_write(self, uri: str | StoreURI) -> Iterator[BinaryIO]:
         """Streams into a temporary file beside the target (no copy of the object in memory), then renames."""
         path = self.resolve(uri).path
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(path))
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                yield handle
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+        with self._temp_beside(path) as (handle, tmp):
+            yield handle
+        os.replace(tmp, path)
         _fsync_dir(os.path.dirname(path))
 
     def put_if_absent(self, uri: str | StoreURI, data: BytesLike) -> bool:
         path = self.resolve(uri).path
-        tmp = self._write_temp(path, data)
+        with self._temp_beside(path) as (handle, tmp):
+            handle.write(data)
         try:
             os.link(tmp, path)
         except FileExistsError:
