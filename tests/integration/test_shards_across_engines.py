@@ -72,8 +72,15 @@ def test_spark_written_shardset_reads_identically_in_ray(attached, tmp_path):
 
     attached.ray()
     expected = pa.concat_tables([shard_table(i, ROWS) for i in range(SHARDS)])
-    # the provider's reader (what RayTrainOperator uses): one block per shard, in manifest order
-    ours = pa.concat_tables(ray.get(read_ray_dataset(store, ref, read_tasks=3).to_arrow_refs()))
+    # the provider's reader (what RayTrainOperator uses): one block per shard, in manifest order. Ray only
+    # keeps the read tasks' order when asked to (by default a faster task's blocks may come first).
+    context = ray.data.DataContext.get_current()
+    preserve = context.execution_options.preserve_order
+    context.execution_options.preserve_order = True
+    try:
+        ours = pa.concat_tables(ray.get(read_ray_dataset(store, ref, read_tasks=3).to_arrow_refs()))
+    finally:
+        context.execution_options.preserve_order = preserve
     assert (
         ours.select(["record_id", "image", "label"]).to_pylist()
         == expected.select(["record_id", "image", "label"]).to_pylist()
