@@ -151,17 +151,6 @@ LZ4_SAMPLE_BYTES = 1 << 20
 LZ4_MAX_RATIO = 0.8  # below 20% saving LZ4 costs more CPU per shard than the bytes it saves are worth
 
 
-def scratch_pool() -> pa.MemoryPool:
-    """The allocator for a shard's encoding buffers: the C library's, not Arrow's default (mimalloc).
-
-    mimalloc hands freed buffers back to the kernel after 10 ms, while a worker spends seconds decoding
-    between two shard writes, so every shard faulted its page buffers in again: perf showed ~7% of a
-    preprocessing worker's samples zeroing fresh huge pages under the Parquet page builder and the LZ4
-    probe. glibc keeps them in the process (see ``preprocess.allocator``).
-    """
-    return pa.system_memory_pool()
-
-
 def tensor_codec(column: pa.ChunkedArray) -> str:
     """``"lz4"`` for tensor columns it shrinks by at least 20%, else ``"none"``; judged on the first MiB.
 
@@ -179,7 +168,8 @@ def tensor_codec(column: pa.ChunkedArray) -> str:
     sample = first.buffers()[2].slice(int(offsets[0]), int(stop - offsets[0]))
     if sample.size == 0:
         return "none"
-    compressed = pa.compress(sample, codec="lz4", asbytes=False, memory_pool=scratch_pool())
+    # the C library keeps the freed output for the next shard; mimalloc hands it back and faults it in again
+    compressed = pa.compress(sample, codec="lz4", asbytes=False, memory_pool=pa.system_memory_pool())
     return "lz4" if compressed.size <= LZ4_MAX_RATIO * sample.size else "none"
 
 
@@ -209,7 +199,6 @@ def write_parquet(table: pa.Table, sink: Any) -> None:
         use_dictionary=ordinary,
         write_statistics=ordinary,
         store_schema=True,
-        memory_pool=scratch_pool(),
     )
 
 

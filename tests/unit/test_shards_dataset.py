@@ -222,3 +222,31 @@ def test_large_shards_are_written_in_row_groups_of_at_most_row_group_bytes():
     rows_per_group = ROW_GROUP_BYTES * big.num_rows // big.nbytes  # 682 rows of 48 KiB
     assert meta.num_row_groups == 3 and meta.row_group(0).num_rows == rows_per_group
     assert pq.read_table(pa.BufferReader(encode_parquet(big))).equals(big)
+
+
+ENCODER_PEAK = """
+import io, numpy as np, pyarrow as pa
+from airflow_bigdata_ai.shards.dataset import write_parquet
+from airflow_bigdata_ai.shards.tensors import encode_tensors
+images = np.random.default_rng(2).integers(0, 256, (600, 3, 128, 128), dtype=np.uint8)  # 29.5 MB, one row group
+table = pa.table({"record_id": [f"r{i}" for i in range(600)], "image": encode_tensors(images)})
+sink = io.BytesIO()
+write_parquet(table, sink)
+print(pa.default_memory_pool().max_memory(), len(sink.getvalue()))
+"""
+
+
+def test_encoding_buffers_stay_near_one_page_however_large_the_row_group():
+    """The encoder holds one batch of rows before it cuts a page: batches of ~1 MB, not whole row groups.
+
+    It allocates from Arrow's default pool, whose peak is only meaningful in a fresh process.
+    """
+    import subprocess
+    import sys
+
+    from airflow_bigdata_ai.shards.dataset import PAGE_BYTES
+
+    out = subprocess.run([sys.executable, "-c", ENCODER_PEAK], check=True, capture_output=True, text=True)
+    peak, size = (int(v) for v in out.stdout.split())
+    assert size > 29_000_000
+    assert peak < 4 * PAGE_BYTES, f"encoder peak {peak} bytes"
