@@ -318,7 +318,7 @@ def bench_preprocess(ctx: Ctx) -> dict[str, Any]:
     from benchmarks import bench_preprocess as bp
 
     # full: photo-sized images with the operator's defaults (512-row shards at most, one task per core), so the
-    # task's fixed cost (listing job, commit: ~0.3 s warm) does not decide the ratio; fast: tiny, several shards
+    # task's fixed cost (job start, listing, commit: ~0.3 s warm) does not decide the ratio; fast: tiny, several shards
     count, size, repeat, rows = ("120", "640x480", "1", "40") if ctx.fast else ("2400", "1024x768", "3", "512")
     data_dir = os.path.join(ctx.workdir, "preprocess")
     res = bp.main(

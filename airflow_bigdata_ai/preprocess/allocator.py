@@ -5,7 +5,8 @@ images of 224x224). glibc serves blocks that large with ``mmap`` and returns the
 page-faults the same memory in again. Measured on 600 JPEGs 1024x768 -> 224x224 in one process: 76k minor
 faults and 0.46 s of system time per run before, ~50 faults and 0.17 s after, against 2.1 s for the decode
 and resize itself (100-row shards). Blocks above 32 MiB are always mmapped by glibc, which is why tensor
-columns are arrays reused from shard to shard (see ``ArrayPool``) and Parquet row groups stay <= 32 MB. Only
+columns are arrays reused from shard to shard (see ``ArrayPool``) and the Parquet encoder gets page-sized
+batches of rows (see ``write_parquet``). Only
 the preprocessing workers call this; it is a no-op where glibc is not the allocator.
 """
 

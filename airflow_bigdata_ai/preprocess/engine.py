@@ -206,6 +206,7 @@ def _list_and_process_partition(
             for task in batch.column("id").to_pylist():
                 units = list_units(job.source, job.source_store, rows_per_shard, tasks)
                 by_shard = units_by_shard(units)
+                # a summary row of kind "listing": ``shard`` carries the shard count, ``sha256`` the fingerprint
                 listing: dict[str, Any] = dict.fromkeys(SUMMARY_SCHEMA.names)
                 listing.update(kind="listing", shard=len(by_shard), inputs=units.num_rows)
                 listing.update(sha256=_listing_fingerprint(units))

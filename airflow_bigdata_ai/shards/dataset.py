@@ -185,16 +185,18 @@ def write_parquet(table: pa.Table, sink: Any) -> None:
     """
     binary = {f.name for f in table.schema if pa.types.is_binary(f.type) or pa.types.is_large_binary(f.type)}
     ordinary = [f.name for f in table.schema if f.name not in binary]
-    row_group_rows = max(1, ROW_GROUP_BYTES * table.num_rows // max(table.nbytes, 1))
-    # Rows handed to the encoder at a time: its buffer holds a whole batch before a page is cut, so the
-    # default 1,024 rows of 150 KB images made one 32 MB buffer per row group, mapped and zeroed afresh
-    # every time. Batches of about one page keep it at 1 MB and halve the encoding time (measured).
-    batch_rows = max(1, min(1024, PAGE_BYTES * table.num_rows // max(table.nbytes, 1)))
+
+    def rows_in(limit: int) -> int:
+        return max(1, limit * table.num_rows // max(table.nbytes, 1))
+
     pq.write_table(
         table,
         sink,
-        row_group_size=row_group_rows,
-        write_batch_size=batch_rows,
+        row_group_size=rows_in(ROW_GROUP_BYTES),
+        # Rows handed to the encoder at a time: its buffer holds a whole batch before a page is cut, so the
+        # default 1,024 rows of 150 KB images made one 32 MB buffer per row group, mapped and zeroed afresh
+        # every time. Batches of about one page keep it at 1 MB and halve the encoding time (measured).
+        write_batch_size=min(1024, rows_in(PAGE_BYTES)),
         compression={f.name: tensor_codec(table[f.name]) if f.name in binary else "zstd" for f in table.schema},
         use_dictionary=ordinary,
         write_statistics=ordinary,
