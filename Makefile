@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: install
-	$(PY) -m airflow_bigdata_ai.demo --home $(CURDIR)/.demo --dags $(CURDIR)/dags_examples
+	$(PY) -m airflow_bigdata_ai.examples.demo --home $(CURDIR)/.demo --dags $(CURDIR)/dags_examples
 
 # The browser test drives Debian's chromium (not a Playwright-downloaded browser); install it when missing.
 CHROMIUM := /usr/bin/chromium

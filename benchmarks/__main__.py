@@ -150,7 +150,7 @@ def _handoff_images(count: int, size: int) -> tuple[Any, Any]:
     import numpy as np
     from PIL import Image
 
-    from airflow_bigdata_ai.datasets.traffic import CLASSES, render
+    from airflow_bigdata_ai.examples.datasets.traffic import CLASSES, render
 
     images = np.empty((count, 3, size, size), dtype=np.float32)
     labels = np.empty(count, dtype=np.int64)
@@ -197,7 +197,7 @@ def bench_handoff(ctx: Ctx) -> dict[str, Any]:
     from airflow_bigdata_ai.cluster import ClusterConfig, attach
     from airflow_bigdata_ai.preprocess.core import DEFAULT_ROWS_PER_SHARD
     from airflow_bigdata_ai.shards import decode_tensors, open_store, read_ray_dataset
-    from airflow_bigdata_ai.train.sample_data import write_image_shardset
+    from airflow_bigdata_ai.examples.sample_data import write_image_shardset
 
     count, size, reps = (400, 32, 3) if ctx.fast else (3000, 64, 5)
     # shards as SparkPreprocessOperator cuts them by default (full: 6 of <= 512 rows); fast: 4 small ones
@@ -446,7 +446,7 @@ def bench_e2e(ctx: Ctx) -> dict[str, Any]:
     env = _dag_env(ctx, template, scale)
     subprocess.run([airflow, "db", "migrate"], env=env, check=True, capture_output=True)
     os.environ.update({k: env[k] for k in ("AIRFLOW_BIGDATA_AI_HOME", "AIRFLOW_BIGDATA_AI_EXAMPLE_SCALE")})
-    from airflow_bigdata_ai.datasets.examples import example_scale, prepare_traffic_source
+    from airflow_bigdata_ai.examples.datasets.examples import example_scale, prepare_traffic_source
 
     prepare_traffic_source(DAG_DATE, example_scale().traffic_images)  # same crops for every run, made once
     ensure_cluster(ClusterConfig(state_dir=ctx.state_dir, mode="remote"))

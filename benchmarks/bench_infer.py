@@ -215,7 +215,7 @@ def bench_model(
 
 
 def digits_model(epochs: int) -> tuple[nn.Module, np.ndarray]:
-    from airflow_bigdata_ai.models.digits import make_digits_cnn
+    from airflow_bigdata_ai.examples.models.digits import make_digits_cnn
     from tests.support.infer_models import FACTORY_KWARGS, digits, trained_state_bytes
 
     model = make_digits_cnn(**FACTORY_KWARGS)
@@ -296,7 +296,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         bench_model(
             "digits_cnn",
             model,
-            "airflow_bigdata_ai.models.digits:make_digits_cnn",
+            "airflow_bigdata_ai.examples.models.digits:make_digits_cnn",
             (1, 8, 8),
             images,
             max(args.repeats, 3),

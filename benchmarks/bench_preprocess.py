@@ -30,7 +30,7 @@ PIPELINE: list[dict[str, Any]] = [
 
 def write_images(root: str, count: int, size: tuple[int, int]) -> list[str]:
     """Deterministic JPEG photos-sized images (traffic scenes upscaled), written once and cached."""
-    from airflow_bigdata_ai.datasets.traffic import render
+    from airflow_bigdata_ai.examples.datasets.traffic import render
 
     marker = os.path.join(root, f".complete-{count}-{size[0]}x{size[1]}")
     if not os.path.exists(marker):

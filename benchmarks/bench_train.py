@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-FACTORY = "airflow_bigdata_ai.models.digits:make_wide_cnn"
+FACTORY = "airflow_bigdata_ai.examples.models.digits:make_wide_cnn"
 
 
 def plain_loop(images: np.ndarray, labels: np.ndarray, args: argparse.Namespace, kwargs: dict[str, Any]) -> list[float]:
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     from airflow_bigdata_ai.shards import open_store, read_table
     from airflow_bigdata_ai.shards.tensors import decode_tensors
-    from airflow_bigdata_ai.train.sample_data import synthetic_images, write_image_shardset
+    from airflow_bigdata_ai.examples.sample_data import synthetic_images, write_image_shardset
 
     kwargs = {"size": args.size, "width": 32}
     root = tempfile.mkdtemp(prefix="bench-train-")

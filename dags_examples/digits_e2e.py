@@ -10,8 +10,8 @@ from __future__ import annotations
 import pendulum
 from airflow.sdk import dag, task
 
-from airflow_bigdata_ai.datasets.examples import example_scale
-from airflow_bigdata_ai.example_assets import DIGITS_FEATURES, DIGITS_MODEL, DIGITS_PREDICTIONS
+from airflow_bigdata_ai.examples.datasets.examples import example_scale
+from airflow_bigdata_ai.examples.assets import DIGITS_FEATURES, DIGITS_MODEL, DIGITS_PREDICTIONS
 from airflow_bigdata_ai.operators.cluster import SetupRayOnSparkClusterOperator, TeardownRayOnSparkClusterOperator
 from airflow_bigdata_ai.operators.infer import OpenVINOInferOperator
 from airflow_bigdata_ai.operators.preprocess import SparkPreprocessOperator
@@ -37,7 +37,7 @@ def digits_e2e():
 
     @task
     def digit_images() -> str:
-        from airflow_bigdata_ai.datasets.examples import prepare_digits_source
+        from airflow_bigdata_ai.examples.datasets.examples import prepare_digits_source
 
         return prepare_digits_source(SCALE.digits_limit)
 
@@ -60,7 +60,7 @@ def digits_e2e():
     model = RayTrainOperator(
         task_id="train",
         train_data=features.output,
-        model_factory="airflow_bigdata_ai.models.digits:make_digits_cnn",
+        model_factory="airflow_bigdata_ai.examples.models.digits:make_digits_cnn",
         epochs=SCALE.epochs,
         batch_size=64,
         lr=2e-3,
@@ -82,7 +82,7 @@ def digits_e2e():
 
     @task
     def report(features: dict, model: dict, predictions: dict) -> dict:
-        from airflow_bigdata_ai.report import format_summary, pipeline_summary
+        from airflow_bigdata_ai.examples.report import format_summary, pipeline_summary
 
         summary = pipeline_summary(features, model, predictions)
         print(format_summary(summary))

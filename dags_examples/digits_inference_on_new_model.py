@@ -9,7 +9,7 @@ from __future__ import annotations
 import pendulum
 from airflow.sdk import dag, task
 
-from airflow_bigdata_ai.example_assets import DIGITS_MODEL
+from airflow_bigdata_ai.examples.assets import DIGITS_MODEL
 from airflow_bigdata_ai.operators.infer import OpenVINOInferOperator
 
 

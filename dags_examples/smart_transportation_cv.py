@@ -11,8 +11,8 @@ from __future__ import annotations
 import pendulum
 from airflow.sdk import dag, task
 
-from airflow_bigdata_ai.datasets.examples import TRAFFIC_CLASSES, example_scale
-from airflow_bigdata_ai.example_assets import TRAFFIC_FEATURES, TRAFFIC_MODEL, TRAFFIC_PREDICTIONS
+from airflow_bigdata_ai.examples.datasets.examples import TRAFFIC_CLASSES, example_scale
+from airflow_bigdata_ai.examples.assets import TRAFFIC_FEATURES, TRAFFIC_MODEL, TRAFFIC_PREDICTIONS
 from airflow_bigdata_ai.operators.cluster import SetupRayOnSparkClusterOperator, TeardownRayOnSparkClusterOperator
 from airflow_bigdata_ai.operators.infer import OpenVINOInferOperator
 from airflow_bigdata_ai.operators.preprocess import SparkPreprocessOperator
@@ -38,7 +38,7 @@ def smart_transportation_cv():
     @task
     def camera_crops(**context) -> str:
         """The day's crops (deterministic per date): stands in for the cameras' upload folder."""
-        from airflow_bigdata_ai.datasets.examples import prepare_traffic_source
+        from airflow_bigdata_ai.examples.datasets.examples import prepare_traffic_source
 
         return prepare_traffic_source(context["ds"], int(context["params"]["images"]))
 
@@ -62,7 +62,7 @@ def smart_transportation_cv():
     model = RayTrainOperator(
         task_id="train",
         train_data=features.output,
-        model_factory="airflow_bigdata_ai.models.traffic:make_traffic_cnn",
+        model_factory="airflow_bigdata_ai.examples.models.traffic:make_traffic_cnn",
         factory_kwargs={"num_classes": len(TRAFFIC_CLASSES), "size": SIZE},
         epochs=SCALE.epochs,
         batch_size=64,
@@ -86,7 +86,7 @@ def smart_transportation_cv():
 
     @task
     def report(features: dict, model: dict, predictions: dict) -> dict:
-        from airflow_bigdata_ai.report import format_summary, pipeline_summary
+        from airflow_bigdata_ai.examples.report import format_summary, pipeline_summary
 
         summary = pipeline_summary(features, model, predictions)
         print(format_summary(summary))

@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from airflow_bigdata_ai.datasets.corrupt import corrupt_folder
-from airflow_bigdata_ai.datasets.digits import CLASSES, write_digits
-from airflow_bigdata_ai.datasets.traffic import write_traffic_images
+from airflow_bigdata_ai.examples.datasets.corrupt import corrupt_folder
+from airflow_bigdata_ai.examples.datasets.digits import CLASSES, write_digits
+from airflow_bigdata_ai.examples.datasets.traffic import write_traffic_images
 from airflow_bigdata_ai.preprocess import ImagePipeline, SourceError, TooManyBadRecords, preprocess
-from airflow_bigdata_ai.preprocess.examples import digits_float
+from airflow_bigdata_ai.examples.transforms import digits_float
 from airflow_bigdata_ai.shards import (
     ShardSet,
     decode_tensors,
@@ -33,7 +33,7 @@ from tests.support.s3server import s3_server
 
 pytestmark = pytest.mark.integration
 
-DIGITS_FN = "airflow_bigdata_ai.preprocess.examples:digits_float"
+DIGITS_FN = "airflow_bigdata_ai.examples.transforms:digits_float"
 TRAFFIC_PIPELINE = [
     {"op": "convert", "mode": "RGB"},
     {"op": "resize", "size": [48, 48]},

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from airflow_bigdata_ai.datasets.corrupt import corrupt_folder
-from airflow_bigdata_ai.datasets.digits import CLASSES, write_digits
+from airflow_bigdata_ai.examples.datasets.corrupt import corrupt_folder
+from airflow_bigdata_ai.examples.datasets.digits import CLASSES, write_digits
 from airflow_bigdata_ai.preprocess.sources import shard_count
 
 pytestmark = pytest.mark.integration
@@ -40,7 +40,7 @@ def build_dag() -> Any:
         prep = SparkPreprocessOperator(
             task_id="prep",
             source={"uri": "{{ params.src }}", "classes": list(CLASSES)},
-            transform="airflow_bigdata_ai.preprocess.examples:digits_float",
+            transform="airflow_bigdata_ai.examples.transforms:digits_float",
             guards={"channels": [1]},
             rows_per_shard=400,
             max_bad_fraction="{{ params.bad }}",

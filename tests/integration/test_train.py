@@ -25,12 +25,12 @@ from airflow_bigdata_ai.shards import ModelRef, ShardSet, decode_tensors, open_s
 from airflow_bigdata_ai.train import RunKey, TrainConfig, checkpoint_uri, has_checkpoint, train
 from airflow_bigdata_ai.train.chaos import ExitOnceStep
 from airflow_bigdata_ai.train.loop import split_batch
-from airflow_bigdata_ai.train.sample_data import write_digits_shardset
+from airflow_bigdata_ai.examples.sample_data import write_digits_shardset
 from tests.integration.conftest import subprocess_env
 
 pytestmark = pytest.mark.integration
 
-FACTORY = "airflow_bigdata_ai.models.digits:make_digits_cnn"
+FACTORY = "airflow_bigdata_ai.examples.models.digits:make_digits_cnn"
 EPOCHS = 6
 SETTINGS: dict[str, Any] = {"epochs": EPOCHS, "batch_size": 32, "lr": 5e-3, "num_workers": 2, "val_fraction": 0.2}
 
@@ -126,7 +126,7 @@ DRIVER = textwrap.dedent(
 
     state_dir, root, shardset, settings = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
     attach(ClusterConfig(state_dir=state_dir, mode="remote")).ray()
-    train(ShardSet.from_json(shardset), open_store(root), "airflow_bigdata_ai.models.digits:make_digits_cnn",
+    train(ShardSet.from_json(shardset), open_store(root), "airflow_bigdata_ai.examples.models.digits:make_digits_cnn",
           config=TrainConfig(**settings), run=RunKey("train_it", "train", "driver_kill", "2026-01-01"))
     """
 )
@@ -197,7 +197,7 @@ OPERATOR_DRIVER = textwrap.dedent(
             return open_store(root)
 
     op = RayTrainOperator(task_id="train", train_data=json.loads(shardset),
-                          model_factory="airflow_bigdata_ai.models.digits:make_digits_cnn", **json.loads(settings))
+                          model_factory="airflow_bigdata_ai.examples.models.digits:make_digits_cnn", **json.loads(settings))
     op.__dict__["hook"] = Hook()
     ti = SimpleNamespace(dag_id="train_it", task_id="train", run_id=os.environ["RUN_ID"], try_number=1, map_index=-1,
                          xcom_push=lambda **kw: None, stats_tags={})

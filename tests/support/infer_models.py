@@ -13,7 +13,7 @@ import pyarrow as pa
 from airflow_bigdata_ai.shards import ModelRef, ShardSet, ShardStore, ShardWriter, encode_tensors, tensor_field
 from airflow_bigdata_ai.shards.refs import Producer
 
-FACTORY = "airflow_bigdata_ai.models.digits:make_digits_cnn"
+FACTORY = "airflow_bigdata_ai.examples.models.digits:make_digits_cnn"
 FACTORY_KWARGS = {"channels": 16}
 
 
@@ -30,7 +30,7 @@ def trained_state_bytes(epochs: int = 5) -> bytes:
     """Train the CNN on the first 1,500 digits (deterministic); returns the saved state dict."""
     import torch
 
-    from airflow_bigdata_ai.models.digits import make_digits_cnn
+    from airflow_bigdata_ai.examples.models.digits import make_digits_cnn
 
     torch.manual_seed(0)
     images, labels = digits()

@@ -15,8 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from airflow_bigdata_ai.datasets.corrupt import bomb_png, corrupt_folder
-from airflow_bigdata_ai.datasets.digits import CLASSES, write_digits
+from airflow_bigdata_ai.examples.datasets.corrupt import bomb_png, corrupt_folder
+from airflow_bigdata_ai.examples.datasets.digits import CLASSES, write_digits
 from airflow_bigdata_ai.preprocess import (
     ImageGuards,
     ImagePipeline,
@@ -29,7 +29,7 @@ from airflow_bigdata_ai.preprocess import (
     preprocess,
 )
 from airflow_bigdata_ai.preprocess.errors import Quarantined
-from airflow_bigdata_ai.preprocess.examples import digits_float
+from airflow_bigdata_ai.examples.transforms import digits_float
 from airflow_bigdata_ai.shards import decode_tensors, load_manifest, open_store, read_table, tensor_spec
 from airflow_bigdata_ai.shards.store import LocalStore
 
@@ -142,7 +142,7 @@ def test_digits_rows_tensors_and_deterministic_rerun(digits_root, tmp_path):
 
     first_sums = [s.sha256 for s in load_manifest(store, first).shards]
     second = preprocess(
-        digits_root, out, transform="airflow_bigdata_ai.preprocess.examples:digits_float", rows_per_shard=64,
+        digits_root, out, transform="airflow_bigdata_ai.examples.transforms:digits_float", rows_per_shard=64,
         progress=None,
     )  # fmt: skip
     assert [s.sha256 for s in load_manifest(store, second).shards] == first_sums
@@ -212,7 +212,7 @@ def test_labels_file_and_multi_output(tmp_path):
     (root / "labels.csv").write_text("\n".join(rows))
     result = preprocess(
         {"uri": str(root), "labels": "labels.csv"}, str(tmp_path / "o"),
-        transform="airflow_bigdata_ai.preprocess.examples:with_stats", output_spec=None, max_bad_fraction=0.5,
+        transform="airflow_bigdata_ai.examples.transforms:with_stats", output_spec=None, max_bad_fraction=0.5,
         progress=None,
     )  # fmt: skip
     assert result.stats["by_reason"] == {"bad_label": 2}
@@ -249,7 +249,7 @@ def test_parquet_and_csv_sources(tmp_path):
     (csv_dir / "rows.csv").write_text("x,y,label\n1,2,0\n3,4,1\n5,6,oops\n")
     result = preprocess(
         {"uri": str(csv_dir), "format": "csv", "label_column": "label"}, str(tmp_path / "o2"),
-        transform="airflow_bigdata_ai.preprocess.examples:row_features", max_bad_fraction=0.5, progress=None,
+        transform="airflow_bigdata_ai.examples.transforms:row_features", max_bad_fraction=0.5, progress=None,
     )  # fmt: skip
     assert result.schema["features"] == "tensor<float32>[2]"
     assert (result.num_rows, result.stats["by_reason"]) == (2, {"bad_label": 1})
@@ -257,7 +257,7 @@ def test_parquet_and_csv_sources(tmp_path):
 
 def test_transform_kwargs_reach_the_user_function(digits_root, tmp_path):
     result = preprocess(
-        digits_root, str(tmp_path / "o"), transform="airflow_bigdata_ai.preprocess.examples:rgb_64",
+        digits_root, str(tmp_path / "o"), transform="airflow_bigdata_ai.examples.transforms:rgb_64",
         transform_kwargs={"size": "16"}, progress=None,
     )  # fmt: skip
     assert result.schema["image"] == "tensor<uint8>[3,16,16]"

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from airflow.sdk.exceptions import AirflowFailException
 
-from airflow_bigdata_ai.datasets.corrupt import corrupt_folder
-from airflow_bigdata_ai.datasets.digits import CLASSES, write_digits
+from airflow_bigdata_ai.examples.datasets.corrupt import corrupt_folder
+from airflow_bigdata_ai.examples.datasets.digits import CLASSES, write_digits
 from airflow_bigdata_ai.operators.preprocess import SparkPreprocessOperator
 from airflow_bigdata_ai.shards import ShardSet, open_store, read_table
 
@@ -71,7 +71,7 @@ def test_template_fields_render_source_output_and_params():
 def test_execute_returns_shardset_dict_and_pushes_links(tmp_path):
     root = str(tmp_path / "png")
     write_digits(root, "png", limit=50)
-    op, attached = _operator(tmp_path, root, transform="airflow_bigdata_ai.preprocess.examples:digits_float")
+    op, attached = _operator(tmp_path, root, transform="airflow_bigdata_ai.examples.transforms:digits_float")
     pushed: dict[str, Any] = {}
     value = op.execute(_context(pushed))  # type: ignore[arg-type]
     shardset = ShardSet.from_dict(value)

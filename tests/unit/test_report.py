@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from airflow_bigdata_ai.report import format_summary, pipeline_summary
+from airflow_bigdata_ai.examples.report import format_summary, pipeline_summary
 from airflow_bigdata_ai.shards import ModelRef, ShardSet
 
 SHA = "a" * 64

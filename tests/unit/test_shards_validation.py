@@ -143,7 +143,7 @@ def test_model_ref_validation(good):
     model = ModelRef(
         weights_uri="file:///models/w.pt",
         weights_sha256=GOOD_SHA,
-        model_factory="airflow_bigdata_ai.models.digits:make_digits_cnn",
+        model_factory="airflow_bigdata_ai.examples.models.digits:make_digits_cnn",
         input_shape=[1, 8, 8],
         trained_on=ref.to_dict(),
     )

@@ -7,7 +7,7 @@ import os
 
 from PIL import Image
 
-from airflow_bigdata_ai.datasets.traffic import CLASSES, write_traffic_images
+from airflow_bigdata_ai.examples.datasets.traffic import CLASSES, write_traffic_images
 
 
 def _digest(folder: str) -> dict[str, str]:

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pytest
 import torch
 
-from airflow_bigdata_ai.models.digits import make_digits_cnn
+from airflow_bigdata_ai.examples.models.digits import make_digits_cnn
 from airflow_bigdata_ai.models.loading import import_factory, load_model
 from airflow_bigdata_ai.shards import ChecksumMismatch, ModelRef, encode_tensors, open_store
 from airflow_bigdata_ai.train import RunKey, TrainConfig, checkpoint_uri, has_checkpoint
@@ -29,9 +29,9 @@ from airflow_bigdata_ai.train.loop import (
     split_batch,
     worker_threads,
 )
-from airflow_bigdata_ai.train.sample_data import write_digits_shardset
+from airflow_bigdata_ai.examples.sample_data import write_digits_shardset
 
-FACTORY = "airflow_bigdata_ai.models.digits:make_digits_cnn"
+FACTORY = "airflow_bigdata_ai.examples.models.digits:make_digits_cnn"
 
 
 def test_config_validates_eagerly() -> None:
@@ -150,7 +150,7 @@ def test_import_factory_errors() -> None:
     with pytest.raises(ValueError):
         import_factory("no_colon")
     with pytest.raises(ValueError, match="no attribute"):
-        import_factory("airflow_bigdata_ai.models.digits:missing")
+        import_factory("airflow_bigdata_ai.examples.models.digits:missing")
 
 
 def test_operator_parse_time_is_cheap() -> None:

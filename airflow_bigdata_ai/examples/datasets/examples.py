@@ -49,7 +49,7 @@ def day_seed(ds: str) -> int:
 
 def prepare_traffic_source(ds: str, count: int) -> str:
     """Write (once) the day's camera crops and return the folder; labels come from the sub-folders."""
-    from airflow_bigdata_ai.datasets.traffic import write_traffic_images
+    from airflow_bigdata_ai.examples.datasets.traffic import write_traffic_images
 
     folder = os.path.join(sources_root(), "traffic", f"ds={ds}")
     write_traffic_images(folder, count=count, seed=day_seed(ds))
@@ -58,7 +58,7 @@ def prepare_traffic_source(ds: str, count: int) -> str:
 
 def prepare_digits_source(limit: int | None) -> str:
     """Write (once) scikit-learn's handwritten digits as PNG files in class sub-folders."""
-    from airflow_bigdata_ai.datasets.digits import write_digits
+    from airflow_bigdata_ai.examples.datasets.digits import write_digits
 
     folder = os.path.join(sources_root(), "digits", f"png-{limit or 'all'}")
     marker = os.path.join(folder, "_COMPLETE")

@@ -1,4 +1,4 @@
-"""Ready-made transforms, importable by path (``"airflow_bigdata_ai.preprocess.examples:digits_float"``).
+"""Ready-made transforms, importable by path (``"airflow_bigdata_ai.examples.transforms:digits_float"``).
 
 Import paths are resolved on the executors, so these double as the reference for user modules.
 """

@@ -65,7 +65,7 @@ def _print_summary(dag_id: str, total_s: float) -> None:
     from airflow.models.xcom import XComModel
     from airflow.utils.session import create_session
 
-    from airflow_bigdata_ai.report import format_summary
+    from airflow_bigdata_ai.examples.report import format_summary
 
     with create_session() as session:
         tis = session.query(TaskInstance).filter(TaskInstance.dag_id == dag_id).all()
