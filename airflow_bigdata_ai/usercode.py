@@ -1,0 +1,488 @@
+"""Ship the user's own code to every Spark executor and Ray worker, and keep it current.
+
+Executors and Ray workers import only what is installed on them. A transform ``"my_module:prepare"`` or a
+model factory in a module beside the DAG lives on the task's host alone. A :class:`CodeBundle` carries the
+source of those modules (found on the task's host, content-hashed, a few KB) inside the job itself, and a
+meta-path finder serves it from memory wherever the job runs: no cluster restart, no files written, no
+``PYTHONPATH`` to set. A module whose content hash changed is imported afresh, so an edited module takes
+effect on the next run even in a reused Spark or Ray Python worker.
+
+Functions that have no importable module (defined in the DAG file itself, a notebook or ``__main__``)
+travel by value (cloudpickle); the user modules they import travel in the bundle beside them.
+Airflow-free: the operators map :class:`UserCodeError` to a failure that is not retried.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import hashlib
+import importlib
+import importlib.abc
+import importlib.machinery
+import importlib.util
+import inspect
+import json
+import os
+import sys
+import sysconfig
+import threading
+import types
+import typing
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+MAX_BUNDLE_BYTES = 16 * 1024 * 1024
+SHA_ATTR = "__abai_code_sha256__"
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+class UserCodeError(Exception):
+    """User code cannot be found, imported or called as configured; a retry cannot fix it."""
+
+
+@functools.lru_cache(maxsize=1)
+def _installed_dirs() -> tuple[str, ...]:
+    paths = sysconfig.get_paths()
+    dirs = {os.path.abspath(paths[key]) for key in ("stdlib", "platstdlib", "purelib", "platlib") if key in paths}
+    return tuple(sorted(dirs))
+
+
+def is_user_file(path: str | None) -> bool:
+    """True for a source file the workers may not have: not the standard library, not installed, not ours."""
+    if not path or not path.endswith(".py"):
+        return False
+    full = os.path.abspath(path)
+    parts = full.split(os.sep)
+    if "site-packages" in parts or "dist-packages" in parts:
+        return False
+    if full.startswith(_PACKAGE_DIR + os.sep):
+        return False
+    return not any(full.startswith(d + os.sep) for d in _installed_dirs())
+
+
+@dataclass(frozen=True)
+class ShippedModule:
+    """One module's source as found on the task's host (``origin`` names that file in tracebacks)."""
+
+    name: str
+    source: str
+    origin: str
+    is_package: bool
+    sha256: str
+
+    @classmethod
+    def read(cls, name: str, origin: str, is_package: bool) -> ShippedModule:
+        with open(origin, encoding="utf-8") as handle:
+            source = handle.read()
+        digest = hashlib.sha256(f"{name}\0{int(is_package)}\0{source}".encode()).hexdigest()
+        return cls(name, source, origin, is_package, digest)
+
+
+@dataclass(frozen=True)
+class CodeBundle:
+    """The user modules a job needs, carried inside the job (picklable, a few KB)."""
+
+    modules: tuple[ShippedModule, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.modules)
+
+    @property
+    def digest(self) -> str:
+        """sha256 over every shipped module: changes whenever any of their sources changes."""
+        joined = "\n".join(f"{m.name}={m.sha256}" for m in self.modules)
+        return hashlib.sha256(joined.encode()).hexdigest()
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(m.name for m in self.modules)
+
+    def describe(self) -> dict[str, str]:
+        """``{module: sha256[:16]}``: the code identity recorded in manifests and ModelRefs."""
+        return {m.name: m.sha256[:16] for m in self.modules}
+
+    def activate(self) -> None:
+        """Serve these modules' sources to ``import`` in this process; drop stale copies already imported."""
+        if self.modules:
+            _FINDER.activate(self)
+
+    def merged(self, other: CodeBundle) -> CodeBundle:
+        found = {m.name: m for m in (*self.modules, *other.modules)}
+        return CodeBundle(tuple(found[n] for n in sorted(found)))
+
+
+class _BundleLoader(importlib.abc.Loader):
+    def __init__(self, module: ShippedModule) -> None:
+        self.module = module
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType | None:
+        return None
+
+    def exec_module(self, module: types.ModuleType) -> None:
+        shipped = self.module
+        module.__file__ = shipped.origin
+        setattr(module, SHA_ATTR, shipped.sha256)
+        code = compile(shipped.source, shipped.origin, "exec", dont_inherit=True)
+        exec(code, module.__dict__)
+
+    def get_source(self, fullname: str) -> str:  # tracebacks show the shipped lines (linecache asks here)
+        return self.module.source
+
+
+class _BundleFinder(importlib.abc.MetaPathFinder):
+    """First on ``sys.meta_path``: serves the active bundles' modules before anything installed."""
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.modules: dict[str, ShippedModule] = {}
+
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None = None, target: types.ModuleType | None = None
+    ) -> importlib.machinery.ModuleSpec | None:
+        shipped = self.modules.get(fullname)
+        if shipped is None:
+            return None
+        spec = importlib.util.spec_from_loader(
+            fullname, _BundleLoader(shipped), origin=shipped.origin, is_package=shipped.is_package
+        )
+        if spec is not None and shipped.is_package:
+            # shipped submodules come from this finder; others from the package's folder where it exists
+            folder = os.path.dirname(shipped.origin)
+            spec.submodule_search_locations = [folder] if os.path.isdir(folder) else []
+        return spec
+
+    def activate(self, bundle: CodeBundle) -> None:
+        with self.lock:
+            if self not in sys.meta_path:
+                sys.meta_path.insert(0, self)
+            changed = [m for m in bundle.modules if self.modules.get(m.name) != m]
+            loaded_elsewhere = [
+                m
+                for m in bundle.modules
+                if m.name in sys.modules and getattr(sys.modules[m.name], SHA_ATTR, None) != m.sha256
+            ]
+            if not changed and not loaded_elsewhere:
+                return
+            for module in bundle.modules:
+                self.modules[module.name] = module
+            # Any change: re-import every module of the bundle, since an unchanged one may hold objects of a
+            # changed one (``from helpers import SIZE``).
+            for name in bundle.names:
+                sys.modules.pop(name, None)
+            importlib.invalidate_caches()
+
+
+_FINDER = _BundleFinder()
+
+
+# -- building a bundle on the task's host ------------------------------------------------------------------
+
+
+def _find_spec(name: str) -> importlib.machinery.ModuleSpec | None:
+    """Where ``import name`` would find the module on this host's disk (never a bundle served earlier)."""
+    try:
+        parent, _, _ = name.rpartition(".")
+        path = None
+        if parent:
+            parent_spec = _find_spec(parent)
+            if parent_spec is None or not parent_spec.submodule_search_locations:
+                return None
+            path = list(parent_spec.submodule_search_locations)
+        for finder in sys.meta_path:  # what ``import`` does, minus sys.modules and the bundles
+            if finder is _FINDER or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(name, path)
+            if spec is not None:
+                return spec  # type: ignore[no-any-return]
+        return None
+    except (ImportError, ValueError, AttributeError):
+        return None
+
+
+def _imported_names(source: str, module: str, is_package: bool) -> set[str]:
+    """Absolute names of every module ``source`` imports (relative imports resolved against ``module``)."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return set()
+    package = module if is_package else module.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                parts = package.split(".") if package else []
+                base_parts = parts[: len(parts) - (node.level - 1)] if node.level > 1 else parts
+                base = ".".join([*base_parts, *([node.module] if node.module else [])])
+            else:
+                base = node.module or ""
+            if base:
+                found.add(base)
+                found.update(f"{base}.{alias.name}" for alias in node.names if alias.name != "*")
+    return found
+
+
+def _user_spec(name: str) -> tuple[str, bool] | None:
+    """(source file, is package) of module ``name`` if it is user code, else None."""
+    spec = _find_spec(name)
+    if spec is None:
+        return None
+    if spec.origin in (None, "namespace") and spec.submodule_search_locations:
+        locations = list(spec.submodule_search_locations)
+        if locations and is_user_file(os.path.join(locations[0], "__init__.py")):
+            return "", True  # namespace package of user code: shipped empty
+        return None
+    if not is_user_file(spec.origin):
+        return None
+    return str(spec.origin), spec.submodule_search_locations is not None
+
+
+def _collect(names: Iterable[str]) -> CodeBundle:
+    pending = list(names)
+    shipped: dict[str, ShippedModule] = {}
+    seen: set[str] = set()
+    while pending:
+        name = pending.pop()
+        if name in seen or not name:
+            continue
+        seen.add(name)
+        parts = name.split(".")
+        pending.extend(".".join(parts[:i]) for i in range(1, len(parts)))  # parents first-class too
+        found = _user_spec(name)
+        if found is None:
+            continue
+        origin, is_package = found
+        if origin:
+            module = ShippedModule.read(name, origin, is_package)
+        else:
+            module = ShippedModule(name, "", name, True, hashlib.sha256(f"{name}\0ns".encode()).hexdigest())
+        shipped[name] = module
+        pending.extend(_imported_names(module.source, name, is_package))
+    size = sum(len(m.source) for m in shipped.values())
+    if size > MAX_BUNDLE_BYTES:
+        raise UserCodeError(
+            f"the user modules {sorted(shipped)} add up to {size / 1e6:.1f} MB of source (limit "
+            f"{MAX_BUNDLE_BYTES / 1e6:.0f} MB); install them as a package on the cluster instead"
+        )
+    return CodeBundle(tuple(shipped[n] for n in sorted(shipped)))
+
+
+def _split_path(path: str) -> tuple[str, str]:
+    module, sep, attr = path.partition(":")
+    if not isinstance(path, str) or not sep or not module or not attr:
+        raise UserCodeError(f"an import path must look like 'package.module:function', got {path!r}")
+    return module, attr
+
+
+def _not_found(module: str, path: str, cause: BaseException | None = None) -> UserCodeError:
+    where = [p for p in sys.path if p] or ["(empty sys.path)"]
+    detail = f" ({type(cause).__name__}: {cause})" if cause is not None else ""
+    return UserCodeError(
+        f"cannot import module {module!r} for {path!r}{detail}; looked in sys.path: {', '.join(where)}. Put the "
+        "module in the DAGs folder (it is shipped to the cluster with each job) or install it on every worker."
+    )
+
+
+def bundle_for(*targets: str | Callable[..., Any] | None) -> CodeBundle:
+    """Package the user modules that ``targets`` (import paths or callables) need, with their user imports."""
+    names: list[str] = []
+    for target in targets:
+        if target is None:
+            continue
+        if isinstance(target, str):
+            module, _ = _split_path(target)
+            if _find_spec(module) is None:
+                raise _not_found(module, target)
+            names.append(module)
+            continue
+        module_obj = sys.modules.get(getattr(target, "__module__", None) or "")
+        origin = getattr(module_obj, "__file__", None)
+        if module_obj is not None and is_user_file(origin):
+            assert origin is not None
+            with open(origin, encoding="utf-8") as handle:
+                source = handle.read()
+            names.extend(_imported_names(source, module_obj.__name__, hasattr(module_obj, "__path__")))
+            if _importable_as_itself(module_obj):
+                names.append(module_obj.__name__)
+    return _collect(names)
+
+
+def _importable_as_itself(module: types.ModuleType) -> bool:
+    """True when ``import <module.__name__>`` finds this very file (not so for DAG files Airflow loads)."""
+    spec = _find_spec(module.__name__)
+    origin = getattr(module, "__file__", None)
+    return bool(spec and spec.origin and origin and os.path.abspath(spec.origin) == os.path.abspath(origin))
+
+
+# -- resolving on any worker ----------------------------------------------------------------------------------
+
+
+def import_callable(path: str, bundle: CodeBundle | None = None) -> Callable[..., Any]:
+    """Resolve ``"package.module:attr[.attr]"`` after activating ``bundle``; UserCodeError when it cannot."""
+    module_name, attr = _split_path(path)
+    if bundle:
+        bundle.activate()
+    with _FINDER.lock:
+        try:
+            target: Any = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise _not_found(module_name, path, exc) from exc
+        except Exception as exc:  # the module itself raised while importing
+            raise UserCodeError(
+                f"importing module {module_name!r} for {path!r} failed: {type(exc).__name__}: {exc}"
+            ) from exc
+    for part in attr.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError:
+            raise UserCodeError(f"module {module_name!r} has no attribute {attr!r} (looked up for {path!r})") from None
+    if not callable(target):
+        raise UserCodeError(f"{path!r} is a {type(target).__name__}, not a callable")
+    return target  # type: ignore[no-any-return]
+
+
+def _cloudpickle() -> Any:
+    import cloudpickle
+
+    return cloudpickle
+
+
+_LOADED: dict[tuple[str, str, str], Callable[..., Any]] = {}
+
+
+@dataclass(frozen=True)
+class UserCallable:
+    """A user function that travels to any worker: by import path (its code in ``bundle``) or by value."""
+
+    name: str
+    path: str | None = None
+    pickled: bytes | None = None
+    bundle: CodeBundle = CodeBundle()
+
+    @classmethod
+    def of(cls, target: str | Callable[..., Any] | UserCallable) -> UserCallable:
+        """Build on the task's host; a missing module or attribute fails here, before any job starts."""
+        if isinstance(target, UserCallable):
+            return target
+        if isinstance(target, str):
+            bundle = bundle_for(target)
+            import_callable(target, bundle)  # early, clear error on this host
+            return cls(name=target, path=target, bundle=bundle)
+        if not callable(target):
+            raise UserCodeError(f"expected an import path 'module:function' or a callable, got {target!r}")
+        module_name = getattr(target, "__module__", None) or ""
+        qualname = getattr(target, "__qualname__", None) or type(target).__qualname__
+        name = f"{module_name}:{qualname}"
+        module = sys.modules.get(module_name)
+        bundle = bundle_for(target)
+        simple = "<" not in qualname and module is not None and getattr(module, qualname.split(".")[0], None)
+        if simple and module is not None and module_name != "__main__":
+            if not is_user_file(getattr(module, "__file__", None)) or _importable_as_itself(module):
+                return cls(name=name, path=name, bundle=bundle)  # installed, or shipped in the bundle
+        cloudpickle = _cloudpickle()
+        by_value = module is not None and module_name != "__main__" and not _importable_as_itself(module)
+        if by_value:
+            try:  # a DAG file's module: importable here only, so its functions must travel by value
+                cloudpickle.register_pickle_by_value(module)
+            except ValueError:
+                by_value = False  # not in sys.modules: cloudpickle pickles it by value anyway
+        try:
+            pickled = cloudpickle.dumps(target)
+        except Exception as exc:
+            raise UserCodeError(f"{name} cannot be sent to the cluster by value: {type(exc).__name__}: {exc}") from exc
+        finally:
+            if by_value:
+                cloudpickle.unregister_pickle_by_value(module)
+        return cls(name=name, pickled=pickled, bundle=bundle)
+
+    def load(self) -> Callable[..., Any]:
+        """The function itself, on whatever process this runs in (cached per code version)."""
+        key = (self.name, self.bundle.digest, hashlib.sha256(self.pickled or b"").hexdigest())
+        self.bundle.activate()
+        cached = _LOADED.get(key)
+        if cached is not None:
+            return cached
+        if self.path is not None:
+            fn = import_callable(self.path, self.bundle)
+        else:
+            try:
+                fn = _cloudpickle().loads(self.pickled)
+            except ImportError as exc:
+                raise UserCodeError(f"{self.name} needs a module this worker cannot import: {exc}") from exc
+        _LOADED[key] = fn
+        return fn
+
+    def describe(self) -> dict[str, Any]:
+        return {"callable": self.name, "by": "path" if self.path else "value", "modules": self.bundle.describe()}
+
+
+# -- templated keyword arguments ---------------------------------------------------------------------------------
+
+_TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
+
+
+def _target_type(hint: Any) -> type | None:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(hint) if a is not type(None)]
+        return _target_type(options[0]) if len(options) == 1 else None
+    if origin is not None:
+        hint = origin
+    return hint if hint in (int, float, bool, list, tuple, dict) else None
+
+
+def _convert(value: str, kind: type) -> Any:
+    text = value.strip()
+    if kind is bool:
+        if text.lower() in _TRUE | _FALSE:
+            return text.lower() in _TRUE
+        raise ValueError(text)
+    if kind is int:
+        return int(text)
+    if kind is float:
+        return float(text)
+    try:
+        parsed = json.loads(text)
+    except ValueError:
+        parsed = ast.literal_eval(text)  # Jinja renders tuples and dicts as Python reprs
+    if kind is tuple and isinstance(parsed, list):
+        parsed = tuple(parsed)
+    if not isinstance(parsed, kind):
+        raise ValueError(text)
+    return parsed
+
+
+def coerce_kwargs(fn: Callable[..., Any], kwargs: Mapping[str, Any] | None, what: str = "kwargs") -> dict[str, Any]:
+    """Turn templated strings (``"64"``) into the type the parameter declares, or its default's type."""
+    result = dict(kwargs or {})
+    if not any(isinstance(v, str) for v in result.values()):
+        return result
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return result
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:  # unresolvable annotations: fall back to the defaults' types
+        hints = {}
+    name = f"{getattr(fn, '__module__', '?')}:{getattr(fn, '__qualname__', repr(fn))}"
+    for key, value in result.items():
+        param = signature.parameters.get(key)
+        if not isinstance(value, str) or param is None:
+            continue
+        kind = _target_type(hints.get(key)) if key in hints else None
+        if kind is None and key not in hints and param.default not in (inspect.Parameter.empty, None):
+            kind = _target_type(type(param.default))
+        if kind is None:
+            continue
+        try:
+            result[key] = _convert(value, kind)
+        except (ValueError, SyntaxError):
+            raise UserCodeError(
+                f"{what}: parameter {key!r} of {name} expects {kind.__name__}, got {value!r} (a templated value "
+                "renders as a string; it is converted when the parameter's annotation or default gives its type)"
+            ) from None
+    return result
