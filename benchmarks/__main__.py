@@ -195,9 +195,9 @@ def bench_handoff(ctx: Ctx) -> dict[str, Any]:
     import ray.data
 
     from airflow_bigdata_ai.cluster import ClusterConfig, attach
+    from airflow_bigdata_ai.examples.sample_data import write_image_shardset
     from airflow_bigdata_ai.preprocess.core import DEFAULT_ROWS_PER_SHARD
     from airflow_bigdata_ai.shards import decode_tensors, open_store, read_ray_dataset
-    from airflow_bigdata_ai.examples.sample_data import write_image_shardset
 
     count, size, reps = (400, 32, 3) if ctx.fast else (3000, 64, 5)
     # shards as SparkPreprocessOperator cuts them by default (full: 6 of <= 512 rows); fast: 4 small ones

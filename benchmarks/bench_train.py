@@ -107,9 +107,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     import ray
 
+    from airflow_bigdata_ai.examples.sample_data import synthetic_images, write_image_shardset
     from airflow_bigdata_ai.shards import open_store, read_table
     from airflow_bigdata_ai.shards.tensors import decode_tensors
-    from airflow_bigdata_ai.examples.sample_data import synthetic_images, write_image_shardset
 
     kwargs = {"size": args.size, "width": 32}
     root = tempfile.mkdtemp(prefix="bench-train-")

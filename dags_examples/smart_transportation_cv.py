@@ -11,8 +11,8 @@ from __future__ import annotations
 import pendulum
 from airflow.sdk import dag, task
 
-from airflow_bigdata_ai.examples.datasets.examples import TRAFFIC_CLASSES, example_scale
 from airflow_bigdata_ai.examples.assets import TRAFFIC_FEATURES, TRAFFIC_MODEL, TRAFFIC_PREDICTIONS
+from airflow_bigdata_ai.examples.datasets.examples import TRAFFIC_CLASSES, example_scale
 from airflow_bigdata_ai.operators.cluster import SetupRayOnSparkClusterOperator, TeardownRayOnSparkClusterOperator
 from airflow_bigdata_ai.operators.infer import OpenVINOInferOperator
 from airflow_bigdata_ai.operators.preprocess import SparkPreprocessOperator
