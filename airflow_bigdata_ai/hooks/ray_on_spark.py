@@ -126,17 +126,21 @@ class RayOnSparkHook(BaseHook):
         )
 
     def store_for(self, uri: str | None = None) -> ShardStore:
-        """A store confined to the root of ``uri`` (a bucket for s3://, the store root for file://)."""
-        from airflow_bigdata_ai.shards import open_store
-        from airflow_bigdata_ai.shards.paths import parse_uri
+        """A store for ``uri``, confined so that nothing it writes can leave ``store_root``.
 
-        target = parse_uri(uri or self.store_root)
-        if target.scheme == "s3":
-            return open_store(f"s3://{target.bucket}", self.s3_options())
+        A target at or under the store root gets a store rooted at the store root (outputs, checkpoints and
+        caches of every task land below the configured prefix, never at the bucket's top). A target
+        elsewhere (a source folder, another deployment's ShardSet or weights in the same bucket) gets a
+        store rooted at that reference's own prefix (:func:`~airflow_bigdata_ai.shards.paths.own_root`),
+        never at its bucket: a reference cannot open up the rest of a bucket.
+        """
+        from airflow_bigdata_ai.shards import open_store
+        from airflow_bigdata_ai.shards.paths import is_within, own_root, parse_uri
+
         root = parse_uri(self.store_root)
-        if root.scheme == "file" and (target.path == root.path or target.path.startswith(root.path.rstrip("/") + "/")):
-            return open_store(str(root))
-        return open_store(str(target))
+        target = parse_uri(uri) if uri else root
+        confined = root if is_within(target, root) else own_root(target)
+        return open_store(str(confined), self.s3_options() if confined.scheme == "s3" else None)
 
     def test_connection(self) -> tuple[bool, str]:
         """Used by the UI's Test button: is the shared cluster reachable?"""

@@ -89,13 +89,17 @@ class SharedClusterOperator(BaseOperator):
         )
 
     def output_location(self, context: Context) -> tuple[ShardStore, str]:
-        """The store and the deterministic (dag, task, logical date) location of this task's output."""
+        """The store and the deterministic location of this task's output.
+
+        ``<root>/<dag>/<task>/ds=<logical date>``; a run without a logical date (asset-triggered) writes to
+        ``run=<run id>`` instead, so it never replaces another such run's output.
+        """
         from airflow_bigdata_ai.shards import output_uri
 
         root = self.output_root or self.hook.store_root
         store = self.hook.store_for(root)
         ti = context["ti"]
-        location = output_uri(root, ti.dag_id, ti.task_id, context.get("logical_date"))
+        location = output_uri(root, ti.dag_id, ti.task_id, context.get("logical_date"), ti.run_id)
         if getattr(ti, "map_index", -1) not in (-1, None):
             location = f"{location}/map_index={ti.map_index}"
         return store, location

@@ -1,6 +1,6 @@
 """Writing, committing and reading shard sets.
 
-Layout of one output (deterministic per dag, task and logical date)::
+Layout of one output (deterministic per dag, task and logical date; ``run=<run id>`` for a run without one)::
 
     <root>/<dag_id>/<task_id>/ds=<date>/
         attempts/<attempt_id>/part-00000.parquet   # each attempt writes only under its own prefix
@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from airflow_bigdata_ai.shards.errors import ChecksumMismatch, CommitConflict, InvalidReference
-from airflow_bigdata_ai.shards.paths import StoreURI, parse_uri, safe_relative_path, safe_segment
+from airflow_bigdata_ai.shards.paths import MANIFESTS_SEGMENT, StoreURI, parse_uri, safe_relative_path, safe_segment
 from airflow_bigdata_ai.shards.refs import Producer, ShardSet, check_sha256
 from airflow_bigdata_ai.shards.store import BytesLike, ShardStore
 from airflow_bigdata_ai.shards.tensors import schema_summary
@@ -35,7 +35,7 @@ from airflow_bigdata_ai.shards.tensors import schema_summary
 MANIFEST_KIND = "ShardManifest"
 MANIFEST_VERSION = "1.0"
 POINTER = "_CURRENT"
-MANIFESTS = "_manifests"
+MANIFESTS = MANIFESTS_SEGMENT
 ATTEMPTS = "attempts"
 
 
@@ -43,10 +43,15 @@ def sha256_hex(data: BytesLike) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def partition_segment(logical_date: datetime | str | None) -> str:
-    """``ds=2026-11-24`` for midnight dates, ``ds=2026-11-24T13-00-00`` otherwise, ``ds=none`` without one."""
+def partition_segment(logical_date: datetime | str | None, run_id: str | None = None) -> str:
+    """``ds=2026-11-24`` for midnight dates, ``ds=2026-11-24T13-00-00`` otherwise.
+
+    A run without a logical date (asset-triggered, or triggered with none) has no date to share with a
+    rerun, so it gets a partition of its own: ``run=<run id>`` (made path-safe). Only a caller that knows
+    neither gets ``ds=none``.
+    """
     if logical_date is None:
-        return "ds=none"
+        return f"run={safe_segment(run_id)}" if run_id else "ds=none"
     if isinstance(logical_date, str):
         logical_date = datetime.fromisoformat(logical_date)
     if logical_date.tzinfo is not None:
@@ -56,10 +61,13 @@ def partition_segment(logical_date: datetime | str | None) -> str:
     return f"ds={logical_date:%Y-%m-%dT%H-%M-%S}"
 
 
-def output_uri(root: str, dag_id: str, task_id: str, logical_date: datetime | str | None) -> str:
-    """Deterministic output location: a rerun for the same date lands on the same place."""
+def output_uri(
+    root: str, dag_id: str, task_id: str, logical_date: datetime | str | None, run_id: str | None = None
+) -> str:
+    """Deterministic output location: a rerun for the same date (or, without a date, of the same run)
+    lands on the same place and replaces it; runs without a logical date never share one."""
     base = parse_uri(root)
-    rel = f"{safe_segment(dag_id)}/{safe_segment(task_id)}/{partition_segment(logical_date)}"
+    rel = f"{safe_segment(dag_id)}/{safe_segment(task_id)}/{partition_segment(logical_date, run_id)}"
     return str(base.join(rel))
 
 

@@ -11,6 +11,9 @@ from airflow_bigdata_ai.shards.errors import InvalidReference, UnsafePath
 
 SUPPORTED_SCHEMES = ("file", "s3")
 _SEGMENT = re.compile(r"^[A-Za-z0-9._=+\-@,]+$")
+_OBJECT_SUFFIX = re.compile(r"[^.]\.[A-Za-z][A-Za-z0-9]{0,7}$")  # model-1a2b.pt, labels.csv; not run ids' .123+00
+MANIFESTS_SEGMENT = "_manifests"
+"""The folder of a shard set's manifests (``dataset.MANIFESTS``): a manifest's dataset is its parent's parent."""
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,29 @@ def parse_uri(uri: str) -> StoreURI:
     if not parsed.netloc:
         raise InvalidReference(f"s3:// URI without a bucket: {uri!r}")
     return StoreURI("s3", parsed.netloc, parsed.path.strip("/"))
+
+
+def is_within(uri: StoreURI, root: StoreURI) -> bool:
+    """True when ``uri`` is ``root`` itself or lies below it (same scheme, same bucket, path prefix)."""
+    if (uri.scheme, uri.bucket) != (root.scheme, root.bucket):
+        return False
+    base = root.path.rstrip("/")
+    return not base or uri.path == base or uri.path.startswith(base + "/")
+
+
+def own_root(uri: StoreURI) -> StoreURI:
+    """The narrowest prefix a reference needs to be read whole: what a store opened for it is confined to.
+
+    A shard set's manifest (``<dataset>/_manifests/<id>.json``) needs its dataset directory (the pointer and
+    the attempts live there); another object (a name with a suffix: weights ``model-<sha>.pt``, a labels
+    ``.csv``) needs its own directory (the IR cache sits beside weights); a folder or prefix is its own root.
+    Never wider than that, so a reference cannot open up the rest of a bucket.
+    """
+    if uri.parent().name == MANIFESTS_SEGMENT:
+        return uri.parent().parent()  # ShardSet.dataset_uri
+    if _OBJECT_SUFFIX.search(uri.name):
+        return uri.parent()
+    return uri
 
 
 def safe_relative_path(relative: str) -> str:

@@ -61,7 +61,7 @@ def test_store_for_uses_aws_connection(monkeypatch, tmp_path):
     )
     hook = RayOnSparkHook("c")
     s3 = hook.store_for("s3://bucket/x/y")
-    assert isinstance(s3, S3Store) and str(s3.root) == "s3://bucket"
+    assert isinstance(s3, S3Store) and str(s3.root) == "s3://bucket/x/y"  # its own prefix, not the bucket
     assert s3.options.endpoint_url == "http://127.0.0.1:9" and s3.options.aws_access_key_id == "AK"
     local = hook.store_for(str(tmp_path / "a" / "b"))
     assert isinstance(local, LocalStore) and local.root.path == str(tmp_path)

@@ -77,6 +77,26 @@ def test_other_dates_are_untouched_by_a_rerun(store):
     assert read_table(store, ref1).num_rows == 15
 
 
+def test_runs_without_a_logical_date_get_a_partition_of_their_own(tmp_path):
+    root = str(tmp_path)
+    a = output_uri(root, "dag", "prep", None, "asset_triggered__2026-11-24T10:15:00.123456+00:00")
+    b = output_uri(root, "dag", "prep", None, "asset_triggered__2026-11-24T11:00:00.654321+00:00")
+    assert a.endswith("/dag/prep/run=asset_triggered__2026-11-24T10_15_00.123456+00_00")
+    assert a != b and "ds=none" not in a + b
+    assert a == output_uri(root, "dag", "prep", None, "asset_triggered__2026-11-24T10:15:00.123456+00:00")
+    # a logical date wins: reruns and backfills of a date keep replacing one partition
+    dated = output_uri(root, "dag", "prep", "2026-11-24T00:00:00+00:00", "manual__2026-11-24T10:15:00+00:00")
+    assert dated.endswith("/dag/prep/ds=2026-11-24")
+    assert output_uri(root, "dag", "prep", None).endswith("/dag/prep/ds=none")  # a caller that knows neither
+    assert output_uri("s3://b/p", "dag", "prep", None, "manual/../x").endswith("/dag/prep/run=manual_.._x")
+
+
+def test_two_runs_without_a_date_keep_both_outputs(store):
+    first = write_shardset(store, output_uri(str(store.root), "dag", "t", None, "asset_triggered__1"), rows=3)
+    second = write_shardset(store, output_uri(str(store.root), "dag", "t", None, "asset_triggered__2"), rows=4)
+    assert read_table(store, first).num_rows == 9 and read_table(store, second).num_rows == 12
+
+
 def test_commit_twice_is_refused(store):
     dataset = output_uri(str(store.root), "dag", "t", None)
     writer = ShardWriter(store, dataset)
