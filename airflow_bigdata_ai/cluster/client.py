@@ -25,6 +25,7 @@ from airflow_bigdata_ai.cluster.config import (
     write_json_atomic,
     write_token,
 )
+from airflow_bigdata_ai.cluster.ray_driver import reload_ray_auth_config, route_ray_logging
 from airflow_bigdata_ai.cluster.service import port_open
 
 if TYPE_CHECKING:
@@ -254,18 +255,6 @@ def _token_for(config: ClusterConfig) -> str:
     return token
 
 
-def _reload_ray_auth_config() -> None:
-    """Ray reads RAY_AUTH_MODE/RAY_AUTH_TOKEN into its C++ config once: re-read them if ray was imported
-    before they were set (e.g. by an earlier ``import ray`` in the same process)."""
-    try:
-        from ray._raylet import AuthenticationTokenLoader, Config  # type: ignore[attr-defined]
-
-        Config.initialize("")
-        AuthenticationTokenLoader.instance().reset_cache()
-    except Exception:  # older/newer Ray without these internals: env set before import still works
-        log.debug("could not reload Ray auth config", exc_info=True)
-
-
 class AttachedCluster:
     """A client's handle on the running shared cluster. ``close()`` never stops the cluster."""
 
@@ -292,7 +281,11 @@ class AttachedCluster:
         return self._spark
 
     def ray(self) -> None:
-        """Connect this process to the shared Ray cluster (token auth through the environment)."""
+        """Connect this process to the shared Ray cluster (token auth through the environment).
+
+        Ray's own log lines then go through this process's logging, once, at their real level
+        (:func:`~airflow_bigdata_ai.cluster.ray_driver.route_ray_logging`).
+        """
         os.environ["RAY_AUTH_MODE"] = "token"
         os.environ["RAY_AUTH_TOKEN"] = _token_for(self.config)
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -302,21 +295,20 @@ class AttachedCluster:
             ray.get_runtime_context().gcs_address, self.endpoint.ray_address
         ):
             ray.shutdown()  # this process was connected to another cluster: switch, never run work there
+        route_ray_logging()  # before ray.init, which logs its own "connecting" lines
         if not ray.is_initialized():
-            _reload_ray_auth_config()
+            reload_ray_auth_config()
             # ray.init installs its own SIGTERM handler; put the caller's back (an Airflow task runner's
             # handler is what calls on_kill), when we are in the main thread and there was one.
             in_main = threading.current_thread() is threading.main_thread()
             previous = signal.getsignal(signal.SIGTERM) if in_main else None
-            ray.init(
-                address=self.endpoint.ray_address,
-                ignore_reinit_error=True,
-                log_to_driver=False,
-                logging_level=logging.WARNING,
-            )
+            ray.init(address=self.endpoint.ray_address, ignore_reinit_error=True, log_to_driver=False)
             if callable(previous):
                 signal.signal(signal.SIGTERM, previous)
             self._ray_initialised = True
+        import ray.data  # its import installs a stderr handler: route again
+
+        route_ray_logging()
 
     def close(self) -> None:
         if self._spark is not None:

@@ -1,0 +1,85 @@
+"""The Ray driver side of attaching: re-read the auth token, route Ray's log lines.
+
+Ray's driver-side log lines go through the caller's logging: each line once, at its real level.
+
+Why: Ray's loggers write to stderr themselves (``ray`` through ``PlainRayHandler``, ``ray.data`` through its own
+console handler, both with ``propagate=False``). An Airflow 3 task supervisor logs whatever the task process
+writes to stderr at ERROR level, so Ray's ordinary progress lines showed up as errors, and Ray Data's
+execution-option and per-operator metric dumps (several KB per line) landed in the task log.
+
+After :func:`route_ray_logging`, Ray's stderr handlers are gone and one handler on the ``ray`` logger re-emits
+every record through the ``airflow_bigdata_ai.ray`` logger (and so the root logger's handlers, which is where
+Airflow's task log listens): WARNING and above at their own level, Ray's INFO and DEBUG chatter at DEBUG
+(visible when that logger is set to DEBUG), each message cut to :data:`MAX_MESSAGE` characters. Ray Data's
+own log files (``<session>/logs/ray-data``) keep the full text.
+"""
+
+from __future__ import annotations
+
+import logging
+
+RAY_LOGGERS = ("ray", "ray.data", "ray.train", "ray.tune", "ray.air")
+ROUTED_LOGGER = "airflow_bigdata_ai.ray"
+MAX_MESSAGE = 1000
+
+
+class RayLogRouter(logging.Handler):
+    """Re-emits a Ray record through :data:`ROUTED_LOGGER`: demoted to DEBUG below WARNING, long text cut."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        level = record.levelno if record.levelno >= logging.WARNING else logging.DEBUG
+        target = logging.getLogger(ROUTED_LOGGER)
+        if not target.isEnabledFor(level):
+            return
+        try:
+            message = record.getMessage()
+        except Exception:  # a Ray record with bad args: still say something
+            message = str(record.msg)
+        if len(message) > MAX_MESSAGE:
+            cut = len(message) - MAX_MESSAGE
+            message = f"{message[:MAX_MESSAGE]} ... [{cut} more characters; full text in Ray's log files]"
+        routed = logging.makeLogRecord(
+            {
+                **record.__dict__,
+                "levelno": level,
+                "levelname": logging.getLevelName(level),
+                "msg": message,
+                "args": None,
+            }
+        )
+        target.handle(routed)
+
+
+def _is_console(handler: logging.Handler) -> bool:
+    return isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler)
+
+
+def route_ray_logging(ray_level: int = logging.INFO) -> None:
+    """Take Ray's console output in this (driver) process into ordinary logging. Idempotent, cheap.
+
+    Call it after ``ray.init`` (which sets the ``ray`` logger's level) and after ``import ray.data`` (whose
+    import installs its console handler): :meth:`AttachedCluster.ray` does both.
+    """
+    for name in RAY_LOGGERS:
+        logger = logging.getLogger(name)
+        for handler in [h for h in logger.handlers if _is_console(h)]:
+            logger.removeHandler(handler)
+        if name != "ray":
+            logger.propagate = True  # up to ``ray``, whose router is the single exit
+    ray_logger = logging.getLogger("ray")
+    ray_logger.propagate = False  # otherwise every line would also reach the root logger directly
+    ray_logger.setLevel(ray_level)
+    if not any(isinstance(h, RayLogRouter) for h in ray_logger.handlers):
+        ray_logger.addHandler(RayLogRouter())
+
+
+def reload_ray_auth_config() -> None:
+    """Ray reads RAY_AUTH_MODE/RAY_AUTH_TOKEN into its C++ config once: re-read them if ray was imported
+    before they were set (e.g. by an earlier ``import ray`` in the same process)."""
+    try:
+        from ray._raylet import AuthenticationTokenLoader, Config  # type: ignore[attr-defined]
+
+        Config.initialize("")
+        AuthenticationTokenLoader.instance().reset_cache()
+    except Exception:  # older/newer Ray without these internals: env set before import still works
+        logging.getLogger(__name__).debug("could not reload Ray auth config", exc_info=True)
