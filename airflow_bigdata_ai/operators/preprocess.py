@@ -27,7 +27,10 @@ class SparkPreprocessOperator(SharedClusterOperator):
         :class:`~airflow_bigdata_ai.preprocess.SourceSpec` fields (``uri``, ``format``, ``labels``, ``classes``...).
     :param transform: a callable (image -> array or dict), an import path ``"pkg.module:function"``, or a
         list of built-in steps (``convert``, ``resize``, ``center_crop``, ``crop``, ``to_tensor``, ``normalize``).
-    :param transform_kwargs: keyword arguments for a user function (templated, e.g. ``{"size": "{{ params.size }}"}``).
+        Paths and steps are templated; a callable is kept out of templating (Airflow would call it with the
+        context) in :attr:`transform_callable`. User modules travel with the job (no cluster restart).
+    :param transform_kwargs: keyword arguments for a user function (templated, e.g. ``{"size": "{{ params.size }}"}``;
+        rendered strings are converted to the types the function's parameters declare).
     :param guards: ``{"max_pixels": ..., "channels": [...]}`` checked before decoding / before user code.
     :param output_uri: full output location; default is ``<output_root>/<dag>/<task>/ds=<logical date>``.
     :param rows_per_shard: the most rows one shard holds (shards are cut evenly).
@@ -68,7 +71,16 @@ class SparkPreprocessOperator(SharedClusterOperator):
     ) -> None:
         super().__init__(**kwargs)
         self.source = source
-        self.transform = transform
+        # Airflow calls any callable it finds in a template field (with context=...): keep callables apart
+        self.transform_callable: Callable[..., Any] | None = None
+        self.transform: str | Sequence[Mapping[str, Any]] | None = None
+        to_spec = getattr(transform, "to_spec", None)
+        if to_spec is not None:  # an ImagePipeline: plain steps, templated like a list
+            self.transform = to_spec()
+        elif callable(transform):
+            self.transform_callable = transform
+        else:
+            self.transform = transform
         self.transform_kwargs = transform_kwargs
         self.guards = guards
         self.output_spec = output_spec
@@ -88,39 +100,63 @@ class SparkPreprocessOperator(SharedClusterOperator):
             progress.rows_per_s,
         )
 
-    def execute(self, context: Context) -> dict[str, Any]:
-        from airflow_bigdata_ai.preprocess import SourceSpec, TooManyBadRecords, preprocess
+    def _settings(self) -> dict[str, Any]:
+        """The rendered numeric settings; a value that is not a number fails now, without retries."""
+        try:
+            parallelism = None if self.parallelism in (None, "", "None") else int(self.parallelism)  # type: ignore[arg-type]
+            return {
+                "rows_per_shard": int(self.rows_per_shard),
+                "parallelism": parallelism,
+                "max_bad_fraction": float(self.max_bad_fraction),
+            }
+        except (TypeError, ValueError) as exc:
+            from airflow_bigdata_ai.preprocess import SettingsError
 
-        spec = SourceSpec.coerce(self.source)
-        if self.output_uri:
-            store, location = self.hook.store_for(self.output_uri), self.output_uri
-        else:
-            store, location = self.output_location(context)
+            raise SettingsError(f"rows_per_shard, parallelism and max_bad_fraction must be numbers: {exc}") from exc
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from airflow_bigdata_ai.preprocess import SettingsError, SourceLayoutError, TooManyBadRecords
+        from airflow_bigdata_ai.preprocess.core import prepare, run_prepared
+        from airflow_bigdata_ai.preprocess.plan import coerce_source
+        from airflow_bigdata_ai.usercode import UserCodeError
+
+        # a retry cannot fix these: a missing module, impossible settings, a malformed labels file, the same
+        # bad data. Everything but the last is found here, before attaching to (or starting) the cluster.
+        not_retried = (UserCodeError, SettingsError, SourceLayoutError, TooManyBadRecords)
+        try:
+            spec = coerce_source(self.source)
+            if self.output_uri:
+                store, location = self.hook.store_for(self.output_uri), self.output_uri
+            else:
+                store, location = self.output_location(context)
+            prepared = prepare(
+                spec,
+                location,
+                transform=self.transform_callable if self.transform_callable is not None else self.transform,
+                transform_kwargs=self.transform_kwargs,
+                guards=self.guards,
+                output_spec=self.output_spec,
+                source_store=self.hook.store_for(spec.uri),
+                output_store=store,
+                **self._settings(),
+            )
+        except not_retried as exc:
+            raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
         attached = self.attach_cluster(context)
         self._tag = self.job_tag(context)
         try:
             self._spark = attached.spark()
             self.log.info("Preprocessing %s -> %s (Spark job tag %s)", spec.uri, location, self._tag)
-            shardset = preprocess(
-                spec,
-                location,
+            shardset = run_prepared(
+                prepared,
                 spark=self._spark,
-                transform=self.transform,
-                transform_kwargs=self.transform_kwargs,
-                guards=self.guards,
-                output_spec={k: tuple(v) for k, v in self.output_spec.items()} if self.output_spec else None,
-                rows_per_shard=int(self.rows_per_shard),
-                parallelism=int(self.parallelism) if self.parallelism not in (None, "", "None") else None,
-                max_bad_fraction=float(self.max_bad_fraction),
-                source_store=self.hook.store_for(spec.uri),
-                output_store=store,
                 producer=self.producer(context),
                 progress=self._log_progress,
                 progress_interval_s=self.progress_interval_s,
                 tag=self._tag,
             )
-        except TooManyBadRecords as exc:
-            raise AirflowFailException(str(exc)) from exc  # the same data fails the same way: no retries
+        except not_retried as exc:
+            raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
         finally:
             self._spark = None
             attached.close()

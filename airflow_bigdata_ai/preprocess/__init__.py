@@ -6,11 +6,15 @@ from airflow_bigdata_ai.preprocess.errors import (
     REASONS,
     InconsistentOutput,
     QuarantineRecord,
+    SettingsError,
     SourceError,
+    SourceLayoutError,
     TooManyBadRecords,
 )
 from airflow_bigdata_ai.preprocess.images import ImageGuards, ImagePipeline, decode_image, to_tensor
-from airflow_bigdata_ai.preprocess.process import ShardJob, import_callable, resolve_transform
+from airflow_bigdata_ai.preprocess.labels import LabelsFile, parse_labels, read_labels
+from airflow_bigdata_ai.preprocess.plan import normalise_output_spec, plan_job
+from airflow_bigdata_ai.preprocess.process import ShardJob
 from airflow_bigdata_ai.preprocess.sources import SourceSpec, list_units
 
 __all__ = [
@@ -19,17 +23,22 @@ __all__ = [
     "ImageGuards",
     "ImagePipeline",
     "InconsistentOutput",
+    "LabelsFile",
     "Progress",
     "QuarantineRecord",
+    "SettingsError",
     "ShardJob",
     "SourceError",
+    "SourceLayoutError",
     "SourceSpec",
     "TooManyBadRecords",
     "decode_image",
-    "import_callable",
     "list_units",
+    "normalise_output_spec",
+    "parse_labels",
+    "plan_job",
     "preprocess",
-    "resolve_transform",
+    "read_labels",
     "run_local",
     "run_spark",
     "to_tensor",

@@ -11,19 +11,23 @@ import json
 import time
 from collections import Counter
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
 from airflow_bigdata_ai.cluster.config import EXECUTOR_CORES_CONF
 from airflow_bigdata_ai.preprocess.engine import ProgressCallback, log_progress, run_local, run_spark
-from airflow_bigdata_ai.preprocess.errors import InconsistentOutput, TooManyBadRecords
+from airflow_bigdata_ai.preprocess.errors import InconsistentOutput, SettingsError, TooManyBadRecords
 from airflow_bigdata_ai.preprocess.images import ImageGuards
-from airflow_bigdata_ai.preprocess.process import ShardJob, TransformLike, describe_transform
+from airflow_bigdata_ai.preprocess.plan import TransformLike, coerce_source, describe_transform, plan_job
+from airflow_bigdata_ai.preprocess.process import ShardJob
 from airflow_bigdata_ai.preprocess.sources import SourceSpec
 from airflow_bigdata_ai.shards.dataset import ShardInfo, ShardWriter
+from airflow_bigdata_ai.shards.errors import InvalidReference
 from airflow_bigdata_ai.shards.refs import Producer, ShardSet
 from airflow_bigdata_ai.shards.store import S3Options, ShardStore, open_store
+from airflow_bigdata_ai.usercode import UserCallable
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -34,6 +38,57 @@ DEFAULT_ROWS_PER_SHARD = 512
 MAX_EXAMPLES = 5
 
 
+@dataclass(frozen=True)
+class PreparedRun:
+    """A run checked and resolved on the driver (see :func:`prepare`), ready for :func:`run_prepared`."""
+
+    job: ShardJob
+    rows_per_shard: int
+    parallelism: int | None
+    max_bad_fraction: float
+
+
+def prepare(
+    source: SourceSpec | Mapping[str, Any] | str,
+    output_uri: str,
+    *,
+    transform: TransformLike = None,
+    transform_kwargs: Mapping[str, Any] | None = None,
+    guards: ImageGuards | Mapping[str, Any] | None = None,
+    output_spec: Mapping[str, Any] | None = None,
+    rows_per_shard: int = DEFAULT_ROWS_PER_SHARD,
+    parallelism: int | None = None,
+    max_bad_fraction: float = 0.01,
+    source_store: ShardStore | None = None,
+    output_store: ShardStore | None = None,
+    s3_options: S3Options | None = None,
+) -> PreparedRun:
+    """Check every setting, resolve the user code and read the labels file, without Spark.
+
+    Raises what a retry cannot fix: :class:`~airflow_bigdata_ai.usercode.UserCodeError` (the transform's
+    module cannot be found or imported), :class:`SettingsError`, :class:`SourceLayoutError` (labels file);
+    :class:`SourceError` for a missing labels file. The operator calls it before attaching to the cluster.
+    """
+    if rows_per_shard < 1:
+        raise SettingsError(f"rows_per_shard must be >= 1, got {rows_per_shard}")
+    if parallelism is not None and parallelism < 1:
+        raise SettingsError(f"parallelism must be >= 1, got {parallelism}")
+    if not 0.0 <= max_bad_fraction <= 1.0:
+        raise SettingsError(f"max_bad_fraction must be within [0, 1], got {max_bad_fraction}")
+    spec = coerce_source(source)
+    try:
+        source_store = source_store or open_store(str(spec.root), s3_options)
+        output_store = output_store or open_store(output_uri, s3_options)
+        writer = ShardWriter(output_store, output_uri)
+    except InvalidReference as exc:
+        raise SettingsError(f"output_uri {output_uri!r}: {exc}") from None
+    job = plan_job(
+        spec, writer, source_store,
+        transform=transform, transform_kwargs=transform_kwargs, guards=guards, output_spec=output_spec,
+    )  # fmt: skip
+    return PreparedRun(job, rows_per_shard, parallelism, max_bad_fraction)
+
+
 def preprocess(
     source: SourceSpec | Mapping[str, Any] | str,
     output_uri: str,
@@ -42,7 +97,7 @@ def preprocess(
     transform: TransformLike = None,
     transform_kwargs: Mapping[str, Any] | None = None,
     guards: ImageGuards | Mapping[str, Any] | None = None,
-    output_spec: Mapping[str, tuple[Any, ...]] | None = None,
+    output_spec: Mapping[str, Any] | None = None,
     rows_per_shard: int = DEFAULT_ROWS_PER_SHARD,
     parallelism: int | None = None,
     max_bad_fraction: float = 0.01,
@@ -54,37 +109,40 @@ def preprocess(
     progress_interval_s: float = 2.0,
     tag: str | None = None,
 ) -> ShardSet:
-    """Transform ``source`` into a ShardSet committed at ``output_uri``.
+    """Transform ``source`` into a ShardSet committed at ``output_uri``: :func:`prepare`, then :func:`run_prepared`.
 
     With ``spark`` the work runs data-parallel on its executors; without, in this process (same bytes
     for the same ``parallelism``). ``parallelism`` is the number of Spark tasks (default: the cluster's
     ``EXECUTOR_CORES_CONF``, else one task per shard); the shard count is rounded up to a multiple of it,
-    so pin it to keep checksums stable when the cluster grows.
-    Raises :class:`TooManyBadRecords` above ``max_bad_fraction`` (report written, nothing committed),
-    :class:`SourceError` for a missing or empty source, and any storage error as is.
+    so pin it to keep checksums stable when the cluster grows. ``transform``: built-in steps, a callable or
+    ``"pkg.module:function"``; user modules travel with the job (an edited module takes effect at once).
+    Raises, before any Spark job, the errors of :func:`prepare`; then :class:`TooManyBadRecords` above
+    ``max_bad_fraction`` (report written, nothing committed), :class:`SourceError` for a missing or empty
+    source, and any storage error as is.
     """
-    if rows_per_shard < 1:
-        raise ValueError("rows_per_shard must be >= 1")
-    if parallelism is not None and parallelism < 1:
-        raise ValueError("parallelism must be >= 1")
-    if not 0.0 <= max_bad_fraction <= 1.0:
-        raise ValueError("max_bad_fraction must be within [0, 1]")
-    if transform_kwargs and (transform is None or not (callable(transform) or isinstance(transform, str))):
-        raise TypeError("transform_kwargs are for user functions; put built-in options in the steps")
-    spec = SourceSpec.coerce(source)
-    source_store = source_store or open_store(str(spec.root), s3_options)
-    output_store = output_store or open_store(output_uri, s3_options)
-    writer = ShardWriter(output_store, output_uri)
-    job = ShardJob(
-        source=spec,
-        source_store=source_store,
-        writer=writer,
-        transform=transform,
-        transform_kwargs=dict(transform_kwargs or {}),
-        guards=ImageGuards.coerce(guards),
-        output_spec={k: tuple(v) for k, v in output_spec.items()} if output_spec else None,
+    prepared = prepare(
+        source, output_uri, transform=transform, transform_kwargs=transform_kwargs, guards=guards,
+        output_spec=output_spec, rows_per_shard=rows_per_shard, parallelism=parallelism,
+        max_bad_fraction=max_bad_fraction, source_store=source_store, output_store=output_store, s3_options=s3_options,
+    )  # fmt: skip
+    return run_prepared(
+        prepared, spark=spark, producer=producer, progress=progress, progress_interval_s=progress_interval_s, tag=tag
     )
+
+
+def run_prepared(
+    prepared: PreparedRun,
+    *,
+    spark: SparkSession | None = None,
+    producer: Producer | None = None,
+    progress: ProgressCallback | None = log_progress,
+    progress_interval_s: float = 2.0,
+    tag: str | None = None,
+) -> ShardSet:
+    """Run a prepared job (on ``spark``'s executors, or in this process) and commit its ShardSet."""
+    job, rows_per_shard, writer = prepared.job, prepared.rows_per_shard, prepared.job.writer
     start = time.monotonic()
+    parallelism = prepared.parallelism
     if spark is not None:
         parallelism = parallelism or cluster_parallelism(spark)
     try:
@@ -100,7 +158,7 @@ def preprocess(
         raise
     elapsed = time.monotonic() - start
     try:
-        return _finish(writer, spec, job, rows, max_bad_fraction, producer, elapsed, parallelism)
+        return _finish(writer, job.source, job, rows, prepared.max_bad_fraction, producer, elapsed, parallelism)
     except TooManyBadRecords:
         raise  # the staged shards are gone already; the quarantine report stays for inspection
     except BaseException:
@@ -165,6 +223,7 @@ def _finish(
         "source": spec.to_dict(),
         "transform": describe_transform(job.transform),
         "transform_kwargs": job.transform_kwargs,
+        **_code_identity(job),
         "parallelism": parallelism,  # shapes the shards: pass it to preprocess() to reproduce them elsewhere
         "elapsed_s": round(elapsed, 3),
         "shard_wall_s": round(sum(r["wall_s"] or 0.0 for r in shard_rows), 3),
@@ -183,3 +242,13 @@ def _common_schema(shard_rows: list[dict[str, Any]]) -> pa.Schema:
     if not schemas:
         return pa.schema([pa.field("record_id", pa.string(), nullable=False), pa.field("label", pa.int64())])
     return pa.ipc.read_schema(pa.py_buffer(bytes.fromhex(schemas.pop())))
+
+
+def _code_identity(job: ShardJob) -> dict[str, Any]:
+    """What identifies the inputs beyond the source URI: the user code's module hashes, the labels file."""
+    found: dict[str, Any] = {}
+    if isinstance(job.transform, UserCallable) and job.transform.bundle.modules:
+        found["code"] = job.transform.bundle.describe()
+    if job.labels is not None:
+        found["labels_file"] = job.labels.describe()
+    return found

@@ -17,8 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -29,11 +27,12 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from airflow_bigdata_ai.preprocess.errors import SourceError
+from airflow_bigdata_ai.preprocess.errors import SourceError, SourceLayoutError
 from airflow_bigdata_ai.preprocess.process import SUMMARY_DDL, SUMMARY_SCHEMA, ShardJob
-from airflow_bigdata_ai.preprocess.sources import list_units, units_by_shard
+from airflow_bigdata_ai.preprocess.sources import units_by_shard
 from airflow_bigdata_ai.shards.dataset import ATTEMPTS, encode_parquet
 from airflow_bigdata_ai.shards.paths import StoreURI
+from airflow_bigdata_ai.usercode import UserCodeError
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -96,7 +95,7 @@ def run_local(
 ) -> list[dict[str, Any]]:
     """The same job in this process (notebooks, tests); ``parallelism`` only shapes the shards, as on Spark."""
     start = time.monotonic()
-    units = list_units(job.source, job.source_store, rows_per_shard, parallelism)
+    units = job.list_units(rows_per_shard, parallelism)
     by_shard = units_by_shard(units)
     throttle = _Throttle(progress, interval_s)
     rows: list[dict[str, Any]] = []
@@ -143,7 +142,7 @@ def _list_partition(
     def list_fn(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         seeds = sum(batch.num_rows for batch in batches)
         if seeds:
-            units = list_units(job.source, job.source_store, rows_per_shard)
+            units = job.list_units(rows_per_shard)
             shards = stage_units(job, units)
             yield pa.RecordBatch.from_pylist([{"inputs": units.num_rows, "shards": shards}])
 
@@ -204,7 +203,7 @@ def _list_and_process_partition(
     def process_fn(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
             for task in batch.column("id").to_pylist():
-                units = list_units(job.source, job.source_store, rows_per_shard, tasks)
+                units = job.list_units(rows_per_shard, tasks)
                 by_shard = units_by_shard(units)
                 # a summary row of kind "listing": ``shard`` carries the shard count, ``sha256`` the fingerprint
                 listing: dict[str, Any] = dict.fromkeys(SUMMARY_SCHEMA.names)
@@ -250,41 +249,21 @@ def _poll_progress(
             )
 
 
-def _installed(module_file: str | None) -> bool:
-    """True for code every executor can import: site-packages, and this package itself."""
-    if not module_file:
-        return True  # built-in or namespace module
-    package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    path = os.path.abspath(module_file)
-    return (
-        "site-packages" in path.split(os.sep) or "dist-packages" in path.split(os.sep) or path.startswith(package_root)
-    )
+_EXECUTOR_ERRORS: dict[str, Callable[[str], Exception]] = {
+    "SourceLayoutError: ": SourceLayoutError,
+    "SourceError: ": SourceError,
+    "UserCodeError: ": UserCodeError,
+}
 
 
-def ship_by_value(transform: object) -> None:
-    """Make a user callable from a DAG file, notebook or test module travel by value to the executors.
-
-    cloudpickle pickles functions of importable modules by reference; DAG files (loaded by Airflow under
-    generated module names) and test modules are importable on the driver only.
-    """
-    if not callable(transform) or isinstance(transform, type):
-        return
-    name = getattr(transform, "__module__", None)
-    module = sys.modules.get(name or "")
-    if module is None or name == "__main__" or _installed(getattr(module, "__file__", None)):
-        return
-    from pyspark import cloudpickle
-
-    cloudpickle.register_pickle_by_value(module)
-
-
-def _reraise_source_error(exc: Exception) -> None:
-    """Executor exceptions arrive as Spark errors with the Python traceback in the text."""
+def _reraise_executor_error(exc: Exception) -> None:
+    """Executor exceptions arrive as Spark errors with the Python traceback in the text: give the ones a
+    caller acts on (retry or not) their own type and first line back."""
     text = str(exc)
-    marker = "SourceError: "
-    if marker in text:
-        message = text.split(marker, 1)[1].splitlines()[0]
-        raise SourceError(message) from exc
+    for marker, error in _EXECUTOR_ERRORS.items():
+        if marker in text:
+            message = text.split(marker, 1)[1].splitlines()[0]
+            raise error(message) from exc
 
 
 def run_spark(
@@ -303,7 +282,6 @@ def run_spark(
     and writing an equal run of shards. Without it, a listing job, then one task per shard.
     """
     start = time.monotonic()
-    ship_by_value(job.transform)
     staged = 0
     stop = threading.Event()
     poller: threading.Thread | None = None
@@ -355,7 +333,7 @@ def run_spark(
                     state["shards_done"] += 1
                     report()
         except Exception as exc:
-            _reraise_source_error(exc)
+            _reraise_executor_error(exc)
             raise
         if len(listings) > 1:
             raise RuntimeError(

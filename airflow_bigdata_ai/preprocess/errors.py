@@ -54,10 +54,24 @@ class QuarantineRecord:
 
 
 class SourceError(RuntimeError):
-    """The source cannot be read as a whole (missing prefix, empty listing, unreadable labels file).
+    """The source cannot be read as a whole (missing prefix, missing labels file).
 
-    Never quarantined: it is a configuration or infrastructure problem, so the task must fail and retry.
+    Never quarantined. The prefix may yet appear (an upstream writer, a store outage), so Airflow retries.
     """
+
+
+class SourceLayoutError(SourceError):
+    """The source is there but laid out so that no run can succeed: no file with an image extension, a
+    labels file without a ``path,label`` header, empty, listing a path twice, or in another store.
+
+    Raised before any Spark job starts where it can be (labels files are read on the driver); a retry
+    cannot fix it, so the operator fails without retries.
+    """
+
+
+class SettingsError(ValueError):
+    """``preprocess()`` was given settings that cannot work (bad transform steps, output spec, guards,
+    numbers out of range, an unparsable URI). Raised on the driver before any Spark job; not retried."""
 
 
 class TooManyBadRecords(RuntimeError):

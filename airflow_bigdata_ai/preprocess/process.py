@@ -6,11 +6,10 @@ which partition, executor or attempt ran it: retries and speculative copies writ
 
 from __future__ import annotations
 
-import importlib
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,12 +26,15 @@ from airflow_bigdata_ai.preprocess.errors import (
     QuarantineRecord,
 )
 from airflow_bigdata_ai.preprocess.images import ImageGuards, ImagePipeline, decode_image
-from airflow_bigdata_ai.preprocess.sources import SourceSpec, read_tabular
+from airflow_bigdata_ai.preprocess.labels import LabelsFile
+from airflow_bigdata_ai.preprocess.sources import SourceSpec, list_units, read_tabular
 from airflow_bigdata_ai.shards.dataset import ShardWriter
 from airflow_bigdata_ai.shards.store import LocalStore, ShardStore
 from airflow_bigdata_ai.shards.tensors import encode_tensors, tensor_field
+from airflow_bigdata_ai.usercode import UserCallable
 
-TransformLike = Callable[[Any], Any] | str | Sequence[Mapping[str, Any]] | ImagePipeline | None
+Transform = ImagePipeline | UserCallable
+"""A transform as it travels to the executors: built-in steps, or user code (by import path or by value)."""
 RESERVED = ("record_id", "label")
 
 SUMMARY_DDL = (
@@ -57,44 +59,6 @@ SUMMARY_SCHEMA = pa.schema(
         ("cpu_s", pa.float64()),
     ]
 )
-
-
-def import_callable(path: str) -> Callable[..., Any]:
-    """Resolve ``"package.module:function"`` (on the executor, so user code is never pickled)."""
-    module_name, sep, attr = path.partition(":")
-    if not sep or not module_name or not attr:
-        raise ValueError(f"import path must look like 'package.module:function', got {path!r}")
-    target: Any = importlib.import_module(module_name)
-    for part in attr.split("."):
-        target = getattr(target, part)
-    if not callable(target):
-        raise TypeError(f"{path} is not callable")
-    return target  # type: ignore[no-any-return]
-
-
-def resolve_transform(transform: TransformLike) -> Callable[[Any], Any]:
-    if transform is None:
-        return ImagePipeline(())
-    if isinstance(transform, ImagePipeline):
-        return transform
-    if isinstance(transform, str):
-        return import_callable(transform)
-    if callable(transform):
-        return transform
-    return ImagePipeline.from_spec(transform)
-
-
-def describe_transform(transform: TransformLike) -> Any:
-    """JSON-able description for the manifest's stats."""
-    if transform is None:
-        return ImagePipeline(()).to_spec()
-    if isinstance(transform, ImagePipeline):
-        return transform.to_spec()
-    if isinstance(transform, str):
-        return transform
-    if callable(transform):
-        return f"{getattr(transform, '__module__', '?')}:{getattr(transform, '__qualname__', repr(transform))}"
-    return ImagePipeline.from_spec(transform).to_spec()
 
 
 # -- output columns -----------------------------------------------------------------------------------
@@ -255,15 +219,22 @@ class BuiltShard:
 
 @dataclass
 class ShardJob:
-    """Everything an executor needs to process shards. Picklable (stores drop their clients)."""
+    """Everything an executor needs to process shards. Picklable (stores drop their clients).
+
+    Built by :func:`airflow_bigdata_ai.preprocess.plan.plan_job` on the driver: the transform is resolved
+    (user code travels inside it, content-hashed), ``transform_kwargs`` are coerced, ``output_spec`` is
+    normalised and the labels file is parsed, so executors neither import from the driver's path nor read
+    the labels file.
+    """
 
     source: SourceSpec
     source_store: ShardStore
     writer: ShardWriter
-    transform: TransformLike = None
+    transform: Transform = field(default_factory=ImagePipeline)
     transform_kwargs: dict[str, Any] = field(default_factory=dict)
     guards: ImageGuards = field(default_factory=ImageGuards)
     output_spec: dict[str, tuple[Any, ...]] | None = None
+    labels: LabelsFile | None = None
     read_ahead: int = 8
     _fn: Callable[..., Any] | None = field(default=None, repr=False)
 
@@ -274,11 +245,15 @@ class ShardJob:
 
     @property
     def fn(self) -> Callable[..., Any]:
+        """The transform, loaded once per process (user code: from the shipped bundle, a changed module afresh)."""
         if self._fn is None:
-            self._fn = resolve_transform(self.transform)
-            if self.transform_kwargs and isinstance(self._fn, ImagePipeline):
-                raise TypeError("transform_kwargs are for user functions; put built-in options in the steps")
+            self._fn = self.transform.load() if isinstance(self.transform, UserCallable) else self.transform
         return self._fn
+
+    def list_units(self, rows_per_shard: int, parallelism: int = 1) -> pa.Table:
+        """The source's sorted, sharded listing, labelled from the shipped labels file if there is one."""
+        labels = self.labels.mapping if self.labels is not None else None
+        return list_units(self.source, self.source_store, rows_per_shard, parallelism, labels=labels)
 
     def process_shard(
         self, shard: int, units: Iterable[dict[str, Any]], on_input: Callable[[], None] | None = None

@@ -7,8 +7,6 @@ which is what makes shard contents independent of partitioning, retries and the 
 
 from __future__ import annotations
 
-import csv
-import io
 import posixpath
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -16,7 +14,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from airflow_bigdata_ai.preprocess.errors import SourceError
+from airflow_bigdata_ai.preprocess.errors import SourceError, SourceLayoutError
 from airflow_bigdata_ai.preprocess.images import IMAGE_EXTENSIONS
 from airflow_bigdata_ai.shards.paths import StoreURI, parse_uri
 from airflow_bigdata_ai.shards.store import ShardStore
@@ -39,9 +37,10 @@ UNIT_SCHEMA = pa.schema(
 class SourceSpec:
     """What to read. Plain data, so it can come from a templated operator argument.
 
-    ``labels`` (images): ``"folders"`` (first sub-folder is the class), ``"none"``, or the URI of a CSV
-    file with ``path,label`` rows (paths relative to ``uri``). ``classes`` fixes the class order (label =
-    index); without it the sorted folder names are the classes. Tabular sources (``parquet``, ``csv``)
+    ``labels`` (images): ``"folders"`` (first sub-folder is the class), ``"none"``, or a CSV labels file
+    anywhere in the same store: a URI, or a path relative to ``uri`` (``"../labels.csv"``); format in
+    :mod:`airflow_bigdata_ai.preprocess.labels`. ``classes`` fixes the class order (label = index);
+    without it the sorted folder names are the classes. Tabular sources (``parquet``, ``csv``)
     give one output shard per input file; ``image_column`` holds encoded image bytes to decode.
     Paths with a segment starting with ``.`` or ``_`` (``_SUCCESS``, ``.tmp``) are not inputs.
     """
@@ -93,24 +92,8 @@ def _relative(root: StoreURI, uri: StoreURI) -> str:
     return uri.path[len(base) + 1 :] if base else uri.path
 
 
-def _read_labels_file(store: ShardStore, spec: SourceSpec) -> dict[str, str]:
-    labels_uri = (
-        spec.labels if "://" in spec.labels or spec.labels.startswith("/") else str(spec.root.join(spec.labels))
-    )
-    try:
-        text = store.read_bytes(labels_uri).decode("utf-8")
-    except FileNotFoundError as exc:
-        raise SourceError(f"labels file {labels_uri} does not exist") from exc
-    mapping: dict[str, str] = {}
-    for row in csv.DictReader(io.StringIO(text)):
-        if "path" not in row or "label" not in row:
-            raise SourceError(f"labels file {labels_uri} needs a header with 'path' and 'label' columns")
-        mapping[row["path"].strip()] = (row["label"] or "").strip()
-    return mapping
-
-
 def _label_for(
-    rel: str, spec: SourceSpec, classes: list[str] | None, labels_file: dict[str, str] | None
+    rel: str, spec: SourceSpec, classes: list[str] | None, labels_file: Mapping[str, str] | None
 ) -> tuple[int | None, str | None]:
     """(label, None) or (None, why the label is bad)."""
     if spec.labels == "none":
@@ -147,11 +130,18 @@ def shard_count(inputs: int, rows_per_shard: int, parallelism: int = 1) -> int:
     return max(1, min(shards, inputs))
 
 
-def list_units(spec: SourceSpec, store: ShardStore, rows_per_shard: int, parallelism: int = 1) -> pa.Table:
+def list_units(
+    spec: SourceSpec,
+    store: ShardStore,
+    rows_per_shard: int,
+    parallelism: int = 1,
+    labels: Mapping[str, str] | None = None,
+) -> pa.Table:
     """The sorted, sharded listing of ``spec`` (raises :class:`SourceError` for a missing/empty source).
 
     Images are cut into :func:`shard_count` contiguous shards whose sizes differ by at most one; tabular
-    sources get one shard per file.
+    sources get one shard per file. ``labels``: the parsed labels file (the driver reads it once and ships
+    it; read here only when a caller did not).
     """
     root = store.resolve(spec.root)
     objects = store.list(root)
@@ -163,8 +153,12 @@ def list_units(spec: SourceSpec, store: ShardStore, rows_per_shard: int, paralle
         exts = tuple(e.lower() for e in spec.extensions)
         files = [(r, o) for r, o in rels if r.lower().endswith(exts)]
         if not files:
-            raise SourceError(f"source {spec.uri} has no files ending in {exts}")
-        labels_file = _read_labels_file(store, spec) if spec.labels not in ("folders", "none") else None
+            raise SourceLayoutError(f"source {spec.uri} has no files ending in {exts}")
+        labels_file = labels
+        if labels_file is None and spec.labels not in ("folders", "none"):
+            from airflow_bigdata_ai.preprocess.labels import read_labels
+
+            labels_file = read_labels(spec, store).mapping
         classes = list(spec.classes) if spec.classes is not None else None
         if classes is None and spec.labels == "folders":
             classes = sorted({r.split("/")[0] for r, _ in files if "/" in r})
@@ -181,7 +175,7 @@ def list_units(spec: SourceSpec, store: ShardStore, rows_per_shard: int, paralle
     suffix = ".parquet" if spec.format == "parquet" else ".csv"
     files = [(r, o) for r, o in rels if r.lower().endswith(suffix)]
     if not files:
-        raise SourceError(f"source {spec.uri} has no {suffix} files")
+        raise SourceLayoutError(f"source {spec.uri} has no {suffix} files")
     return pa.Table.from_pydict(
         {
             "record_id": [r for r, _ in files],

@@ -17,10 +17,12 @@ from PIL import Image
 
 from airflow_bigdata_ai.examples.datasets.corrupt import bomb_png, corrupt_folder
 from airflow_bigdata_ai.examples.datasets.digits import CLASSES, write_digits
+from airflow_bigdata_ai.examples.transforms import digits_float
 from airflow_bigdata_ai.preprocess import (
     ImageGuards,
     ImagePipeline,
     InconsistentOutput,
+    SettingsError,
     SourceError,
     SourceSpec,
     TooManyBadRecords,
@@ -29,7 +31,6 @@ from airflow_bigdata_ai.preprocess import (
     preprocess,
 )
 from airflow_bigdata_ai.preprocess.errors import Quarantined
-from airflow_bigdata_ai.examples.transforms import digits_float
 from airflow_bigdata_ai.shards import decode_tensors, load_manifest, open_store, read_table, tensor_spec
 from airflow_bigdata_ai.shards.store import LocalStore
 
@@ -261,7 +262,7 @@ def test_transform_kwargs_reach_the_user_function(digits_root, tmp_path):
         transform_kwargs={"size": "16"}, progress=None,
     )  # fmt: skip
     assert result.schema["image"] == "tensor<uint8>[3,16,16]"
-    with pytest.raises(TypeError, match="transform_kwargs are for user functions"):
+    with pytest.raises(SettingsError, match="transform_kwargs are for user functions"):
         preprocess(digits_root, str(tmp_path / "p"), transform_kwargs={"size": 3}, progress=None)
 
 

@@ -102,3 +102,65 @@ def test_on_kill_interrupts_only_its_tag():
     op._spark = None
     op.on_kill()  # nothing running: nothing to interrupt
     assert calls == [tag]
+
+
+def sized(image: Any, size: int = 4) -> Any:
+    """A user function passed as an object; uses ``size`` as a number."""
+    import numpy as np
+
+    return np.asarray(image.convert("L").resize((size, size)), dtype=np.float32)[None]
+
+
+def test_callable_transform_is_not_called_by_templating_and_kwargs_are_coerced(tmp_path):
+    root = str(tmp_path / "png")
+    write_digits(root, "png", limit=20)
+    op, _ = _operator(
+        tmp_path, root, transform=sized, transform_kwargs={"size": "{{ params.size }}"},
+        output_spec={"image": ["tensor", [1, "{{ params.size }}", 6], "float32"]},
+    )  # fmt: skip
+    assert op.transform is None and op.transform_callable is sized
+    op.render_template_fields({"params": {"size": 6}})  # Airflow calls callables in template fields
+    assert op.transform_callable is sized and op.transform_kwargs == {"size": "6"}
+    shardset = ShardSet.from_dict(op.execute(_context({})))  # type: ignore[arg-type]
+    assert shardset.num_rows == 20 and shardset.schema["image"] == "tensor<float32>[1,6,6]"
+    assert shardset.stats["transform_kwargs"] == {"size": 6} and shardset.stats["quarantined"] == 0
+
+
+def test_builtin_pipeline_object_is_templated_as_steps():
+    from airflow_bigdata_ai.preprocess import ImagePipeline
+
+    pipeline = ImagePipeline.from_spec([{"op": "resize", "size": [4, 4]}])
+    op = SparkPreprocessOperator(task_id="prep", source="/x", transform=pipeline)
+    op.render_template_fields({})
+    assert op.transform == [{"op": "resize", "size": [4, 4]}] and op.transform_callable is None
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"transform": "abai_no_such_module:prepare"}, "UserCodeError: cannot import module 'abai_no_such_module'"),
+        ({"rows_per_shard": "{{ params.missing }}"}, "SettingsError: rows_per_shard"),
+        ({"output_spec": {"image": ["tensor", [1, 8], "text"]}}, "SettingsError: output_spec"),
+        ({"transform": [{"op": "blur"}]}, "SettingsError: transform steps"),
+        ({"source_labels": "missing.csv"}, "SourceError: labels file"),
+        ({"source_labels": "bad.csv"}, "SourceLayoutError: labels file"),
+    ],
+)
+def test_errors_a_retry_cannot_fix_fail_without_retry_before_attaching(tmp_path, kwargs, message):
+    root = tmp_path / "png"
+    write_digits(str(root), "png", limit=4)
+    (tmp_path / "bad.csv").write_text("file,label\n")
+    source: Any = str(root)
+    if "source_labels" in kwargs:
+        source = {"uri": str(root), "labels": str(tmp_path / kwargs.pop("source_labels"))}
+    op, _ = _operator(tmp_path, source, **kwargs)
+    op.hook.attach = lambda: pytest.fail("attached before the settings were checked")  # type: ignore[method-assign]
+    op.render_template_fields({"params": {}})
+    if message.startswith("SourceError"):  # a labels file may yet appear (upstream writer): retried
+        from airflow_bigdata_ai.preprocess import SourceError
+
+        with pytest.raises(SourceError, match="does not exist"):
+            op.execute(_context({}))  # type: ignore[arg-type]
+        return
+    with pytest.raises(AirflowFailException, match=message):
+        op.execute(_context({}))  # type: ignore[arg-type]
