@@ -22,6 +22,7 @@ from airflow_bigdata_ai.cluster.config import (
     new_token,
     read_json,
     read_token,
+    remove_scratch,
     write_json_atomic,
     write_token,
 )
@@ -118,6 +119,7 @@ def _cleanup_dead(paths: StatePaths) -> list[int]:
         victims[proc.pid] = proc
     victims.pop(os.getpid(), None)
     procs.terminate(victims.values(), grace_s=3.0)
+    remove_scratch(paths)  # a killed service could not remove its own
     for path in (paths.endpoint, paths.service, paths.pids):
         try:
             os.unlink(path)

@@ -10,13 +10,21 @@ State directory layout (directory mode 0700):
 - ``last_attach``    touched by every attach (the idle timeout counts from its mtime)
 - ``service.log``    the service's stdout/stderr
 - ``lock``           inter-process lock serialising starts
+- ``scratch/``       what the running cluster writes and nobody needs after it stops, removed at stop (and at
+  the next start, after a crash): ``ray/`` Ray's temp root (sessions, sockets, spill), ``spark-home/`` the
+  Spark home the JVM sees (links into pyspark; its ``work/`` holds the executors' work directories, which
+  Spark would otherwise write into the installed pyspark), ``spark-local/`` (``spark.local.dir``) and
+  ``tmp/`` (the JVMs' ``java.io.tmpdir``)
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
+import shutil
+import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -27,6 +35,11 @@ EXECUTOR_CORES_CONF = "spark.airflow_bigdata_ai.cores"
 """Spark conf with the cores the executors really have. The embedded cluster sets it to this machine's
 cores (it has more task slots than cores, so Ray worker nodes can hold slots); for another master, set it
 in ``spark_conf``. Preprocessing runs one task per core when it is known."""
+
+
+# Ray puts AF_UNIX sockets at <temp root>/ray-<port>-<id>/session_<date>_<time>_<usec>_<pid>/sockets/plasma_store:
+# 85 bytes after the root, and the kernel allows 107. A longer root goes through a short link in /tmp.
+RAY_TEMP_ROOT_MAX = 22
 
 
 class ClusterUnavailable(RuntimeError):
@@ -131,10 +144,50 @@ class StatePaths:
         self.last_attach = os.path.join(self.root, "last_attach")
         self.log = os.path.join(self.root, "service.log")
         self.lock = os.path.join(self.root, "lock")
+        self.scratch = os.path.join(self.root, "scratch")
+        self.ray_temp = os.path.join(self.scratch, "ray")
+        self.spark_home = os.path.join(self.scratch, "spark-home")
+        self.spark_local = os.path.join(self.scratch, "spark-local")
+        self.java_tmp = os.path.join(self.scratch, "tmp")
 
     def ensure(self) -> None:
         os.makedirs(self.root, mode=0o700, exist_ok=True)
         os.chmod(self.root, 0o700)
+
+    @property
+    def ray_temp_link(self) -> str:
+        """A short, per-state-dir name in the system temp dir for a ``ray_temp`` whose path is too long."""
+        tmp = tempfile.gettempdir()
+        base = tmp if len(tmp) <= 8 else "/tmp"
+        return os.path.join(base, f"abai-r-{hashlib.sha256(self.root.encode()).hexdigest()[:8]}")
+
+    def ray_temp_root(self) -> str:
+        """The root to hand Ray: ``scratch/ray`` itself, or the short link to it (socket path limit)."""
+        return self.ray_temp if len(self.ray_temp.encode()) <= RAY_TEMP_ROOT_MAX else self.ray_temp_link
+
+
+def prepare_scratch(paths: StatePaths) -> str:
+    """Fresh scratch directories (a crashed predecessor's are removed first); returns Ray's temp root."""
+    remove_scratch(paths)
+    for directory in (paths.ray_temp, paths.spark_home, paths.spark_local, paths.java_tmp):
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+    root = paths.ray_temp_root()
+    if root != paths.ray_temp:
+        os.symlink(paths.ray_temp, root)
+    return root
+
+
+def remove_scratch(paths: StatePaths) -> bool:
+    """Remove ``scratch/`` and the short link to it (only if it is ours). True if there was anything."""
+    found = False
+    link = paths.ray_temp_link
+    if os.path.islink(link) and os.readlink(link) == paths.ray_temp:
+        os.unlink(link)
+        found = True
+    if os.path.isdir(paths.scratch):
+        shutil.rmtree(paths.scratch, ignore_errors=True)
+        found = True
+    return found
 
 
 def write_json_atomic(path: str, data: Any, mode: int = 0o600) -> None:

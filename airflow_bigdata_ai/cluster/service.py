@@ -17,6 +17,7 @@ import socket
 import sys
 import threading
 import time
+import warnings
 from typing import Any
 from urllib.parse import urlparse
 
@@ -28,8 +29,10 @@ from airflow_bigdata_ai.cluster.config import (
     ClusterConfig,
     ClusterEndpoint,
     StatePaths,
+    prepare_scratch,
     read_json,
     read_token,
+    remove_scratch,
     write_json_atomic,
 )
 
@@ -76,13 +79,58 @@ def _is_loopback_master(master: str) -> bool:
     return host in ("127.0.0.1", "localhost", "::1")
 
 
+class _Py4JRetryFilter(logging.Filter):
+    """Drop py4j's note about a command it is about to resend, traceback included.
+
+    When the JVM has closed a pooled connection, py4j's ``GatewayClient.send_command`` logs
+    "Exception while sending command." with the Py4JNetworkError at INFO on the *root* logger and sends the
+    command again on a fresh connection (it happens at every start). A command that fails for good is
+    logged by py4j with ``logging.exception`` (ERROR) and raised: that record still passes.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (
+            record.levelno < logging.WARNING
+            and record.msg == "Exception while sending command."
+            and os.path.basename(os.path.dirname(record.pathname)) == "py4j"
+        )
+
+
 def _setup_logging(cluster_id: str) -> None:
     logging.basicConfig(
         level=logging.INFO,
         stream=sys.stdout,
         format=f"%(asctime)s %(levelname)s [service {cluster_id}] %(name)s: %(message)s",
     )
+    logging.getLogger().addFilter(_Py4JRetryFilter())
     logging.getLogger("py4j").setLevel(logging.WARNING)
+    # Ray on Spark's helper threads are pyspark InheritableThreads started outside a session: nothing to inherit
+    warnings.filterwarnings("ignore", message="Spark session is not provided. Tags will not be inherited.")
+
+
+def _spark_home_in(paths: StatePaths) -> str:
+    """A Spark home of links into the installed one, so that executor work dirs land in ``scratch``.
+
+    A ``local-cluster`` master starts its workers without a work dir (``SPARK_WORKER_DIR`` is read only by
+    the standalone Worker's command line), so they use ``$SPARK_HOME/work``: inside the virtualenv.
+    """
+    from pyspark.find_spark_home import _find_spark_home
+
+    installed = os.path.realpath(_find_spark_home())
+    for name in os.listdir(installed):
+        if name not in ("work", "__pycache__", "py.typed") and not name.endswith((".py", ".pyi")):
+            os.symlink(os.path.join(installed, name), os.path.join(paths.spark_home, name))
+    return paths.spark_home
+
+
+def _scratch_conf(paths: StatePaths, user_conf: dict[str, str], executors: bool) -> dict[str, str]:
+    """``user_conf`` plus the JVM temp dir (native libraries Spark unpacks...) in ``scratch``: the driver's,
+    and the executors' when they run on this machine (``local-cluster``). The user's options are kept after
+    ours. (Spark's local dirs come from ``SPARK_LOCAL_DIRS``: the conf would log a warning at every start.)"""
+    java_tmp = f"-Djava.io.tmpdir={paths.java_tmp}"
+    keys = ["spark.driver.extraJavaOptions"] + (["spark.executor.extraJavaOptions"] if executors else [])
+    java = {key: f"{java_tmp} {user_conf[key]}" if user_conf.get(key) else java_tmp for key in keys}
+    return {**user_conf, **java}
 
 
 def _setup_env(token: str, loopback: bool) -> None:
@@ -162,8 +210,12 @@ def serve(state_dir: str, cluster_id: str) -> int:
         master, default_max_workers = config.master, 0
     loopback = _is_loopback_master(master)
     _setup_env(token, loopback)
-    if master.startswith("local-cluster"):
-        os.environ.setdefault("SPARK_WORKER_DIR", os.path.join(paths.root, "spark-work"))
+    ray_temp_root = prepare_scratch(paths)
+    embedded_workers = master.startswith("local-cluster")
+    if embedded_workers:
+        os.environ["SPARK_HOME"] = _spark_home_in(paths)
+    if "spark.local.dir" not in config.spark_conf:  # the driver's and the embedded workers' local dirs
+        os.environ.setdefault("SPARK_LOCAL_DIRS", paths.spark_local)
     log.info("starting Spark application on %s", master)
     t0 = time.monotonic()
 
@@ -188,9 +240,9 @@ def serve(state_dir: str, cluster_id: str) -> int:
     }
     if loopback:
         public_conf.update({"spark.driver.host": LOOPBACK, "spark.driver.bindAddress": LOOPBACK})
-    if master.startswith("local-cluster"):  # executors share this machine's cores
+    if embedded_workers:  # executors share this machine's cores
         public_conf[EXECUTOR_CORES_CONF] = str(os.cpu_count() or 1)
-    public_conf.update({k: str(v) for k, v in config.spark_conf.items()})
+    public_conf.update(_scratch_conf(paths, {k: str(v) for k, v in config.spark_conf.items()}, embedded_workers))
     # Secrets go into the SparkConf only after the JVM is up: launch arguments are visible in `ps`.
     secret_conf = {
         "spark.connect.authenticate.token": token,
@@ -230,6 +282,7 @@ def serve(state_dir: str, cluster_id: str) -> int:
         num_cpus_head_node=0,
         num_gpus_head_node=0,
         autoscale_idle_timeout_minutes=config.ray_autoscale_idle_timeout_minutes,
+        ray_temp_root_dir=ray_temp_root,
     )
     # Our handlers replace Ray-on-Spark's (which would only shut Ray down and re-raise).
     signal.signal(signal.SIGTERM, _on_signal)
@@ -308,6 +361,12 @@ def serve(state_dir: str, cluster_id: str) -> int:
     recorder.stop_event.set()
     leftovers = procs.descendants(me.pid) + procs.session_members(sid, exclude=[me.pid])
     killed = procs.terminate({p.pid: p for p in leftovers}.values(), grace_s=5.0)
-    log.info("stopped; %d leftover processes ended (%d needed SIGKILL)", len(leftovers), len(killed))
+    remove_scratch(paths)
+    log.info(
+        "stopped; %d leftover processes ended (%d needed SIGKILL); removed %s",
+        len(leftovers),
+        len(killed),
+        paths.scratch,
+    )
     logging.shutdown()
     return 0

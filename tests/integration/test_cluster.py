@@ -3,16 +3,19 @@ token authentication on both engines, dead-service detection, remote mode and cl
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import signal
 import stat
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 
 import psutil
+import pyspark
 import pytest
 
 from airflow_bigdata_ai.cluster import (
@@ -33,6 +36,8 @@ from tests.integration.conftest import (
 )
 
 pytestmark = pytest.mark.integration
+
+SPARK_HOME = os.path.dirname(pyspark.__file__)
 
 # A client in another OS process: attach, a Spark Connect job (mapInPandas), a Ray task, timings as JSON.
 CLIENT = textwrap.dedent(
@@ -264,8 +269,24 @@ def test_remote_mode(shared_cluster, tmp_path):
     assert not os.path.exists(paths.service)
 
 
+def _ray_temp_dirs(paths: StatePaths, endpoint: ClusterEndpoint) -> dict[str, list[str]]:
+    """Ray's temp dir of this cluster (``ray-<head port>-<id>``): in the scratch dir and in /tmp."""
+    port = endpoint.ray_address.rsplit(":", 1)[1]
+    return {
+        "scratch": [p for p in glob.glob(os.path.join(paths.ray_temp, f"ray-{port}-*")) if os.path.isdir(p)],
+        "tmp": sorted(
+            {*glob.glob(os.path.join(tempfile.gettempdir(), f"ray-{port}-*")), *glob.glob(f"/tmp/ray-{port}-*")}
+        ),
+    }
+
+
 def test_concurrent_start_makes_one_cluster_and_dead_service_is_replaced(tmp_path):
-    """A separate small cluster on a fresh state dir: 2 concurrent starters -> 1 cluster; SIGKILL -> replaced."""
+    """A separate small cluster on a fresh state dir: 2 concurrent starters -> 1 cluster; SIGKILL -> replaced.
+
+    It also checks what the cluster leaves on disk (issue 13, defects 9, 15, 16): Ray's temp dirs live in the
+    state dir's scratch (never /tmp/ray-*), Spark's executor work dirs too (never in the installed pyspark),
+    a killed service's scratch is removed by its replacement, everything goes at stop, and the service log
+    has no py4j tracebacks."""
     state_dir = str(tmp_path / "fresh")
     small = {"master": "local-cluster[1,3,2048]", "ray_max_worker_nodes": 1, "idle_timeout_s": 600.0}
     starter = textwrap.dedent(
@@ -300,6 +321,11 @@ def test_concurrent_start_makes_one_cluster_and_dead_service_is_replaced(tmp_pat
             assert handle.read().count("endpoint published") == 1
         first = ensure_cluster(config)
         assert first.cluster_id == results[0]["cluster_id"]
+        paths = StatePaths(state_dir)
+        first_ray = _ray_temp_dirs(paths, first)
+        assert len(first_ray["scratch"]) == 1 and first_ray["tmp"] == [], first_ray
+        # the state dir is too deep for Ray's socket paths: Ray got a short link to the scratch dir
+        assert os.path.realpath(paths.ray_temp_root()) == os.path.realpath(paths.ray_temp)
 
         # SIGKILL the service: detected as dead, its leftovers ended, a new service replaces it
         old = cluster_processes(state_dir)
@@ -314,7 +340,14 @@ def test_concurrent_start_makes_one_cluster_and_dead_service_is_replaced(tmp_pat
         replaced = attach(config)
         assert replaced.endpoint.cluster_id != first.cluster_id and replaced.endpoint.pid != first.pid
         assert_nothing_left(old, timeout_s=5)
-        assert replaced.spark().range(100).count() == 100
+        assert not os.path.exists(first_ray["scratch"][0]), "the killed service's Ray temp dir was not removed"
+        spark = replaced.spark()
+        app_id = spark.conf.get("spark.app.id")
+        assert spark.range(100).repartition(2).mapInPandas(lambda it: it, "id long").count() == 100  # executors
+        second_ray = _ray_temp_dirs(paths, replaced.endpoint)
+        assert len(second_ray["scratch"]) == 1 and second_ray["tmp"] == [], second_ray
+        assert os.path.isdir(os.path.join(paths.spark_home, "work", app_id))
+        assert not os.path.exists(os.path.join(SPARK_HOME, "work", app_id)), "executor work dir in the install"
         replaced.close()
     finally:
         snapshots.update(cluster_processes(state_dir))
@@ -322,6 +355,16 @@ def test_concurrent_start_makes_one_cluster_and_dead_service_is_replaced(tmp_pat
         assert_nothing_left(snapshots)
     assert cluster_status(config)["state"] == "stopped"
     assert not os.path.exists(StatePaths(state_dir).endpoint)
+    assert not os.path.exists(paths.scratch) and not os.path.lexists(paths.ray_temp_link)
+    assert _ray_temp_dirs(paths, replaced.endpoint) == {"scratch": [], "tmp": []}
+    assert not os.path.exists(os.path.join(SPARK_HOME, "work", app_id))
+    with open(paths.log) as handle:
+        service_log = handle.read()
+    assert service_log.count("endpoint published") == 2
+    normal = service_log[service_log.rindex("starting Spark application") :]  # the replacement: start to stop
+    assert "stopped;" in normal
+    for noise in ("Traceback", "Py4JNetworkError", "Exception while sending command"):
+        assert noise not in normal, normal
 
 
 def test_stop_is_idempotent_on_empty_state(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import stat
 import subprocess
@@ -21,8 +22,22 @@ from airflow_bigdata_ai.cluster import (
     stop_cluster,
 )
 from airflow_bigdata_ai.cluster.client import _FileLock
-from airflow_bigdata_ai.cluster.config import StatePaths, read_json, write_json_atomic, write_token
-from airflow_bigdata_ai.cluster.service import embedded_layout, free_port
+from airflow_bigdata_ai.cluster.config import (
+    RAY_TEMP_ROOT_MAX,
+    StatePaths,
+    prepare_scratch,
+    read_json,
+    remove_scratch,
+    write_json_atomic,
+    write_token,
+)
+from airflow_bigdata_ai.cluster.service import (
+    _Py4JRetryFilter,
+    _scratch_conf,
+    _spark_home_in,
+    embedded_layout,
+    free_port,
+)
 
 
 def _dead_endpoint(**overrides) -> ClusterEndpoint:
@@ -162,3 +177,95 @@ def test_cli_status_and_stop_on_empty_state(tmp_path):
     assert stop.returncode == 0 and "not running" in stop.stdout
     remote = cli("start", "--mode", "remote")
     assert remote.returncode == 1 and "no shared cluster endpoint record" in remote.stderr
+
+
+# -- what a cluster leaves on disk (issue 13, defects 9, 15 and 16) -------------------------------------------
+
+
+def test_scratch_holds_ray_temp_through_a_short_link_and_goes_at_stop(tmp_path):
+    deep = StatePaths(str(tmp_path / ("d" * 40) / "clusters" / "ray_on_spark_default"))
+    deep.ensure()
+    root = prepare_scratch(deep)
+    # Ray's sockets sit 85 bytes below its temp root and the kernel allows 107: a deep state dir gets a link
+    assert root == deep.ray_temp_link and len(root.encode()) <= RAY_TEMP_ROOT_MAX
+    assert os.path.realpath(root) == os.path.realpath(deep.ray_temp)
+    for directory in (deep.ray_temp, deep.spark_home, deep.spark_local, deep.java_tmp):
+        assert os.path.isdir(directory) and directory.startswith(deep.scratch + os.sep)
+    open(os.path.join(root, "ray-1-x.lock"), "w").close()  # written through the link, lands in the state dir
+    assert os.listdir(deep.ray_temp) == ["ray-1-x.lock"]
+    assert prepare_scratch(deep) == root and os.listdir(deep.ray_temp) == []  # a predecessor's scratch goes
+    assert remove_scratch(deep) is True
+    assert not os.path.lexists(root) and not os.path.exists(deep.scratch)
+    assert remove_scratch(deep) is False
+
+    short = StatePaths("/tmp/s")  # short enough: no link (path only, nothing created)
+    assert short.ray_temp_root() == "/tmp/s/scratch/ray"
+
+
+def test_remove_scratch_leaves_a_link_it_does_not_own(tmp_path):
+    paths = StatePaths(str(tmp_path / "state"))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    os.symlink(elsewhere, paths.ray_temp_link)
+    try:
+        remove_scratch(paths)
+        assert os.path.islink(paths.ray_temp_link)
+    finally:
+        os.unlink(paths.ray_temp_link)
+
+
+def test_spark_home_links_the_install_but_not_its_work_dir(tmp_path):
+    import pyspark
+
+    paths = StatePaths(str(tmp_path / "state"))
+    paths.ensure()
+    prepare_scratch(paths)
+    try:
+        home = _spark_home_in(paths)
+        installed = os.path.dirname(pyspark.__file__)
+        for name in ("bin", "jars", "python"):
+            assert os.path.realpath(os.path.join(home, name)) == os.path.realpath(os.path.join(installed, name))
+        # executors of a local-cluster master write into $SPARK_HOME/work: that must be the scratch dir
+        assert not os.path.exists(os.path.join(home, "work"))
+    finally:
+        remove_scratch(paths)
+
+
+def test_scratch_conf_keeps_the_users_java_options(tmp_path):
+    paths = StatePaths(str(tmp_path))
+    conf = _scratch_conf(paths, {"spark.executor.extraJavaOptions": "-Dx=1", "spark.foo": "bar"}, executors=True)
+    assert conf["spark.driver.extraJavaOptions"] == f"-Djava.io.tmpdir={paths.java_tmp}"
+    assert conf["spark.executor.extraJavaOptions"] == f"-Djava.io.tmpdir={paths.java_tmp} -Dx=1"
+    assert conf["spark.foo"] == "bar"
+    remote = _scratch_conf(paths, {}, executors=False)  # executors on other hosts keep their own temp dir
+    assert "spark.executor.extraJavaOptions" not in remote
+
+
+def _record(level: int, msg: str, pathname: str) -> logging.LogRecord:
+    return logging.LogRecord("root", level, pathname, 1040, msg, None, None)
+
+
+def test_py4j_retry_note_is_dropped_but_real_py4j_errors_pass():
+    import py4j.java_gateway
+
+    gateway = py4j.java_gateway.__file__
+    keep = _Py4JRetryFilter().filter
+    assert not keep(_record(logging.INFO, "Exception while sending command.", gateway))  # resent, then fine
+    assert keep(_record(logging.ERROR, "Exception while sending command.", gateway))  # failed for good
+    assert keep(_record(logging.INFO, "Exception while sending command.", "/srv/mine/app.py"))
+    assert keep(_record(logging.INFO, "something else", gateway))
+
+
+def test_service_logging_drops_py4j_retry_traceback():
+    code = (
+        "import logging, py4j.java_gateway as g\n"
+        "from airflow_bigdata_ai.cluster.service import _setup_logging\n"
+        "_setup_logging('t')\n"
+        "try:\n    raise ConnectionResetError(104, 'Connection reset by peer')\n"
+        "except OSError:\n"
+        "    exec(compile('logging.info(\"Exception while sending command.\", exc_info=True)', g.__file__, 'exec'))\n"
+        "    exec(compile('logging.exception(\"Exception while sending command.\")', g.__file__, 'exec'))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("Exception while sending command.") == 1 and "ERROR" in out.stdout
