@@ -266,7 +266,11 @@ class S3Store(ShardStore):
         import pyarrow.fs
 
         opts = self.options
-        kwargs: dict[str, Any] = {}
+        # Ray Train calls create_dir(recursive=True) on its storage path. Without this check Arrow puts an
+        # empty "directory" object at EVERY ancestor, up to the bucket's top (``team/``, ``team/prefix/``...):
+        # objects outside the store root. With it, Arrow stops at the first ancestor that exists (the
+        # training writes its run record with boto3 first, so that is a folder below the root).
+        kwargs: dict[str, Any] = {"check_directory_existence_before_creation": True}
         if opts.endpoint_url:
             scheme, _, host = opts.endpoint_url.partition("://")
             kwargs["endpoint_override"] = host

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def s3():
-    with s3_server("shards", "other") as options:
+    with s3_server("shards", "other", "prefixed") as options:
         yield options
 
 
@@ -61,3 +61,17 @@ def test_foreign_bucket_reference_is_refused(s3):
     ref = write_shardset(open_store("s3://other/root", s3), "s3://other/root/x", shards=1)
     with pytest.raises(InvalidReference, match="foreign bucket 'other'"):
         read_table(store, ShardSet.coerce(ref.to_dict()))
+
+
+def test_arrow_directories_stay_under_the_store_root(s3):
+    """Ray Train creates its storage folders through the store's Arrow filesystem: no marker objects above
+    the root (Arrow's default put one at every ancestor, ``team/`` included)."""
+    store = open_store("s3://prefixed/team/abai", s3)
+    base = "s3://prefixed/team/abai/_checkpoints/dag/train/run"
+    store.write_bytes(f"{base}/run.json", b"{}")  # what train() writes before Ray Train starts
+    fs = store.arrow_filesystem()
+    fs.create_dir(store.arrow_path(f"{base}/ray/checkpoint_1"), recursive=True)
+    with fs.open_output_stream(store.arrow_path(f"{base}/ray/checkpoint_1/state.pt")) as handle:
+        handle.write(b"weights")
+    keys = [u.path for u in open_store("s3://prefixed", s3).list("s3://prefixed")]
+    assert keys and all(key.startswith("team/abai/") for key in keys), keys

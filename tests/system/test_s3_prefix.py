@@ -42,6 +42,18 @@ def _all_keys(client: Any) -> list[str]:
     return sorted(keys)
 
 
+def _xcom_bytes(run_id: str) -> dict[str, int]:
+    """Size of each task's XCom value as Airflow stores it (JSON), from the metadata DB."""
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        rows = session.scalars(XComModel.get_many(run_id=run_id, key="return_value")).all()
+        return {
+            row.task_id: len(json.dumps(XComModel.deserialize_value(row))) for row in rows if row.dag_id == "digits_e2e"
+        }
+
+
 def test_full_dag_run_writes_only_under_the_prefix(airflow_db, shared_cluster, monkeypatch):
     import boto3
 
@@ -66,6 +78,10 @@ def test_full_dag_run_writes_only_under_the_prefix(airflow_db, shared_cluster, m
 
         run = _digits_dag().test(logical_date=datetime(2026, 11, 24, tzinfo=UTC))
         assert run.state == "success"
+        # the references with the stats a real run records: README and concepts say "a few KB"
+        sizes = _xcom_bytes(run.run_id)
+        print(f"XCom bytes: {sizes}")
+        assert all(0 < sizes[task] < 4096 for task in ("preprocess", "train", "infer")), sizes
 
         keys = _all_keys(boto3.client("s3", **s3.client_kwargs()))
         outside = [key for key in keys if not key.startswith(PREFIX + "/")]
