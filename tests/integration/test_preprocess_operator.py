@@ -108,3 +108,73 @@ def test_operator_dag_run_rerun_and_failure(airflow_db, connection, tmp_path):
     report.unlink()
     run = dag.test(logical_date=datetime(2026, 11, 25, tzinfo=UTC), run_conf={"src": bad, "report": str(report)})
     assert run.state == "failed" and not report.exists()
+
+
+USER_DAG_FILE = '''"""A user's DAG file (airflow DAG): the transform is a function defined right here, passed as an object."""
+import json
+
+import numpy as np
+from airflow.sdk import DAG, task
+
+from airflow_bigdata_ai.operators.preprocess import SparkPreprocessOperator
+
+
+def prepare(image, size: int = 4):
+    rgb = image.convert("RGB").resize((size, size))
+    return np.asarray(rgb, dtype=np.float32).transpose(2, 0, 1) / np.float32(255.0)
+
+
+with DAG("abai_preprocess_user_it", schedule=None, params={"src": "", "labels": "", "size": 8, "report": ""}) as dag:
+    prep = SparkPreprocessOperator(
+        task_id="prep",
+        source={"uri": "{{ params.src }}", "labels": "{{ params.labels }}", "classes": [str(d) for d in range(10)]},
+        transform=prepare,
+        transform_kwargs={"size": "{{ params.size }}"},
+        output_spec={"image": ["tensor", [3, 8, 8], "float32"]},
+        max_bad_fraction=0.0,
+    )
+
+    @task
+    def check(ref, **context):
+        with open(context["params"]["report"], "w") as handle:
+            json.dump(ref, handle)
+
+    check(prep.output)
+'''
+
+
+def test_user_dag_callable_templated_kwargs_output_spec_and_labels_outside(airflow_db, connection, tmp_path):
+    """The first-try path of a user's DAG: a function object from the DAG file (Airflow loads it under a
+    generated module name, so it travels by value), ``"{{ params.size }}"`` for an ``int`` parameter, the
+    documented ``output_spec`` form, and a labels CSV in another folder than the images (nested, no classes
+    folders)."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    digits = tmp_path / "digits"
+    write_digits(str(digits), "png", limit=24)
+    images, rows = tmp_path / "incoming" / "images", ["path,label"]
+    for index, path in enumerate(sorted(digits.rglob("*.png"))):
+        rel = f"cam{index % 2}/{index:03d}.png"
+        (images / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, images / rel)
+        rows.append(f"{rel},{path.parent.name}")
+    labels = tmp_path / "metadata" / "labels.csv"
+    labels.parent.mkdir()
+    labels.write_text("\n".join(rows) + "\n")
+
+    dag_file = os.path.join(os.environ["AIRFLOW__CORE__DAGS_FOLDER"], "abai_preprocess_user_it.py")
+    with open(dag_file, "w") as handle:
+        handle.write(USER_DAG_FILE)
+    bag = DagBag(dag_folder=dag_file)
+    assert not bag.import_errors, bag.import_errors
+    dag = bag.dags["abai_preprocess_user_it"]
+    report = tmp_path / "ref.json"
+    conf = {"src": str(images), "labels": str(labels), "size": 8, "report": str(report)}
+    run = dag.test(logical_date=LOGICAL_DATE, run_conf=conf)
+    assert run.state == "success"
+    ref = json.loads(report.read_text())
+    assert ref["num_rows"] == 24 and ref["stats"]["quarantined"] == 0
+    assert ref["schema"]["image"] == "tensor<float32>[3,8,8]"
+    assert ref["stats"]["transform_kwargs"] == {"size": 8}
+    assert ref["stats"]["transform"].endswith(":prepare")
+    assert ref["stats"]["labels_file"]["uri"] == f"file://{labels}"
