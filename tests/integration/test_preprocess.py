@@ -18,8 +18,8 @@ from PIL import Image
 from airflow_bigdata_ai.examples.datasets.corrupt import corrupt_folder
 from airflow_bigdata_ai.examples.datasets.digits import CLASSES, write_digits
 from airflow_bigdata_ai.examples.datasets.traffic import write_traffic_images
-from airflow_bigdata_ai.preprocess import ImagePipeline, SourceError, TooManyBadRecords, preprocess
 from airflow_bigdata_ai.examples.transforms import digits_float
+from airflow_bigdata_ai.preprocess import ImagePipeline, SourceError, TooManyBadRecords, preprocess
 from airflow_bigdata_ai.shards import (
     ShardSet,
     decode_tensors,

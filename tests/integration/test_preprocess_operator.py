@@ -110,7 +110,7 @@ def test_operator_dag_run_rerun_and_failure(airflow_db, connection, tmp_path):
     assert run.state == "failed" and not report.exists()
 
 
-USER_DAG_FILE = '''"""A user's DAG file (airflow DAG): the transform is a function defined right here, passed as an object."""
+USER_DAG_FILE = '''"""A user's DAG file (airflow DAG): the transform is a function defined here, passed as an object."""
 import json
 
 import numpy as np
