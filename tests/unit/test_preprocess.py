@@ -408,3 +408,28 @@ def test_each_task_of_the_one_job_plan_lists_the_source_and_writes_its_run_of_sh
     job.source, job.source_store = SourceSpec(str(changed)), LocalStore(str(changed))
     other = next(iter(engine._list_and_process_partition(job, 64, 2)(iter([pa.record_batch({"id": [0]})]))))
     assert other.to_pylist()[0]["sha256"] != listing["sha256"]  # the driver refuses differing listings
+
+
+def test_executor_errors_come_back_with_their_type_and_first_line():
+    from airflow_bigdata_ai.preprocess import SourceLayoutError
+    from airflow_bigdata_ai.preprocess.engine import _reraise_executor_error
+    from airflow_bigdata_ai.usercode import UserCodeError
+
+    def spark_error(line: str) -> Exception:  # what a Spark PythonException's text looks like
+        return RuntimeError(
+            f"[PYTHON_EXCEPTION] An exception was thrown from the Python worker.\nTraceback:\n{line}\n  at"
+        )
+
+    cases = [
+        (
+            "airflow_bigdata_ai.preprocess.errors.SourceLayoutError: source /x has no files ending in ('.png',)",
+            SourceLayoutError,
+        ),
+        ("airflow_bigdata_ai.preprocess.errors.SourceError: source /x does not exist or is empty", SourceError),
+        ("airflow_bigdata_ai.usercode.UserCodeError: cannot import module 'm' for 'm:f'", UserCodeError),
+    ]
+    for line, error in cases:
+        with pytest.raises(error) as info:
+            _reraise_executor_error(spark_error(line))
+        assert type(info.value) is error and str(info.value) == line.split("Error: ", 1)[1]
+    _reraise_executor_error(RuntimeError("something else"))  # anything else: the caller re-raises it as is

@@ -164,3 +164,12 @@ def test_errors_a_retry_cannot_fix_fail_without_retry_before_attaching(tmp_path,
         return
     with pytest.raises(AirflowFailException, match=message):
         op.execute(_context({}))  # type: ignore[arg-type]
+
+
+def test_a_source_without_images_fails_without_retry(tmp_path):
+    (tmp_path / "txt").mkdir()
+    (tmp_path / "txt" / "notes.txt").write_text("no images here")
+    op, attached = _operator(tmp_path, str(tmp_path / "txt"))
+    with pytest.raises(AirflowFailException, match=r"SourceLayoutError: source .* has no files ending in"):
+        op.execute(_context({}))  # type: ignore[arg-type]
+    assert attached.closed
