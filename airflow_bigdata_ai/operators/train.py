@@ -3,15 +3,17 @@
 Thin by design: the training itself is :func:`airflow_bigdata_ai.train.train`. Construction imports neither
 torch nor Ray. Retries resume: the run handle (the deterministic checkpoint location of this dag/run/task)
 goes to Airflow's task state store through ``ResumableJobMixin``; without a state store (``dag.test()``,
-older setups) ``train()`` still finds the checkpoints at the same deterministic path.
+older setups) ``train()`` still finds the checkpoints at the same deterministic path. Once the task succeeded,
+the run's checkpoint folder is removed (``keep_checkpoints=True`` keeps it).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import ResumableJobMixin
+from airflow.sdk.exceptions import AirflowFailException
 
 from airflow_bigdata_ai.operators.base import SharedClusterOperator
 
@@ -19,7 +21,7 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
     from airflow_bigdata_ai.shards import ModelRef, ShardStore
-    from airflow_bigdata_ai.train import EpochProgress, RunKey, TrainConfig
+    from airflow_bigdata_ai.train import RunKey, TrainConfig
 
 STATUS_SUCCEEDED = "SUCCEEDED"
 STATUS_RESUMABLE = "RESUMABLE"
@@ -30,11 +32,20 @@ class RayTrainOperator(ResumableJobMixin, SharedClusterOperator):
     """Train a PyTorch model data-parallel on the shared Ray cluster and return a ModelRef (as a dict).
 
     :param train_data: the training ShardSet (usually the upstream task's XCom), as a dict or JSON.
-    :param model_factory: ``"package.module:function"`` returning a ``torch.nn.Module``; importable on the cluster.
-    :param factory_kwargs: keyword arguments for the factory (recorded in the ModelRef).
+    :param model_factory: ``"package.module:function"`` (or the function itself) returning a ``torch.nn.Module``.
+        The module may sit beside the DAG: its source travels with the job, and an edited module takes effect
+        on the next run without a cluster restart. A callable is kept out of templating (Airflow would call it).
+    :param factory_kwargs: keyword arguments for the factory (templated; rendered strings such as ``"64"`` are
+        converted to the types the factory's parameters declare; recorded in the ModelRef).
     :param validation_data: an optional validation ShardSet; otherwise ``val_fraction`` of train_data is held out.
+    :param train_step: an optional per-batch step (import path or callable), shipped like ``model_factory``.
+    :param keep_checkpoints: keep the run's checkpoint folder (``_checkpoints/<dag>/<task>/<run>/``) after the
+        task succeeded; by default it is removed then (it is what a retry resumes from until success).
     :param training: any further :class:`~airflow_bigdata_ai.train.TrainConfig` field (``momentum``,
         ``feature_column``, ``train_step``...). Explicit arguments below win.
+
+    Settings that cannot work (a ``TrainConfig`` ValueError, data without the configured columns) and user code
+    that cannot be imported or called as configured fail the task without retries (``AirflowFailException``).
     """
 
     template_fields: Sequence[str] = (
@@ -53,7 +64,7 @@ class RayTrainOperator(ResumableJobMixin, SharedClusterOperator):
         self,
         *,
         train_data: Any,
-        model_factory: str,
+        model_factory: str | Callable[..., Any],
         factory_kwargs: dict[str, Any] | None = None,
         validation_data: Any = None,
         epochs: int = 5,
@@ -67,15 +78,22 @@ class RayTrainOperator(ResumableJobMixin, SharedClusterOperator):
         val_fraction: float = 0.2,
         max_failures: int = 2,
         train_step: Any = None,
+        keep_checkpoints: bool = False,
         training: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.train_data = train_data
-        self.model_factory = model_factory
+        # Airflow calls any callable it finds in a template field (with context=...): keep callables apart
+        callable_factory = None if isinstance(model_factory, str) else model_factory
+        self.model_factory_callable: Callable[..., Any] | None = callable_factory
+        self.model_factory = model_factory if isinstance(model_factory, str) else _callable_name(model_factory)
         self.factory_kwargs = factory_kwargs or {}
         self.validation_data = validation_data
-        self.training = dict(training or {})
+        self.training = {k: v for k, v in (training or {}).items() if not callable(v)}
+        if train_step is None and callable((training or {}).get("train_step")):
+            train_step = (training or {})["train_step"]
+        self.keep_checkpoints = keep_checkpoints
         self.settings: dict[str, Any] = {
             "epochs": epochs,
             "batch_size": batch_size,
@@ -87,8 +105,9 @@ class RayTrainOperator(ResumableJobMixin, SharedClusterOperator):
             "resources_per_worker": dict(resources_per_worker or {"CPU": 1.0}),
             "val_fraction": val_fraction,
             "max_failures": max_failures,
-            "train_step": train_step,
         }
+        if train_step is not None:  # else a train_step given in ``training`` stays
+            self.settings["train_step"] = train_step
         self._ref: ModelRef | None = None
         self._running = False
 
@@ -117,13 +136,33 @@ class RayTrainOperator(ResumableJobMixin, SharedClusterOperator):
     def _store(self) -> ShardStore:
         return self.hook.store_for(self.output_root or self.hook.store_root)
 
-    def _log_progress(self, progress: EpochProgress) -> None:
-        self.log.info("%s", progress.line())
+    def _factory(self) -> Any:
+        return self.model_factory_callable if self.model_factory_callable is not None else self.model_factory
 
     # -- ResumableJobMixin --------------------------------------------------------------------------------
     def execute(self, context: Context) -> dict[str, Any]:
-        self.train_config()  # settings errors fail before the cluster is touched
-        return self.execute_resumable(context)  # type: ignore[no-any-return]
+        from airflow_bigdata_ai.shards import InvalidReference
+        from airflow_bigdata_ai.train import discard_run
+        from airflow_bigdata_ai.train.core import ship_callable, ship_model_factory
+        from airflow_bigdata_ai.usercode import UserCodeError
+
+        # a retry cannot fix these: impossible settings, data without the configured columns, a reference that
+        # does not parse, a module that is missing or a factory that rejects its kwargs. Settings and code are
+        # checked here, before the cluster is attached (or started).
+        try:
+            config = self.train_config()
+            factory = ship_model_factory(self._factory())
+            if config.train_step is not None:
+                ship_callable(config.train_step, "train_step")
+            if self.model_factory_callable is None:
+                self.model_factory = factory.name
+            result = self.execute_resumable(context)
+        except (UserCodeError, InvalidReference, ValueError) as exc:
+            raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
+        if not self.keep_checkpoints:
+            discard_run(self._store(), self.run_key(context))
+            self.log.info("Removed the checkpoints of run %s (keep_checkpoints=False)", context["ti"].run_id)
+        return result  # type: ignore[no-any-return]
 
     def submit_job(self, context: Context) -> dict[str, Any]:
         """The "job" handle is this run's deterministic checkpoint location; training starts in polling."""
@@ -152,8 +191,11 @@ class RayTrainOperator(ResumableJobMixin, SharedClusterOperator):
     def is_job_succeeded(self, status: str) -> bool:
         return status == STATUS_SUCCEEDED
 
-    def poll_until_complete(self, external_id: Any, context: Context) -> None:
-        """Run (or resume) the training; blocks until Ray Train finishes."""
+    def poll_until_complete(self, external_id: Any, context: Context) -> dict[str, Any]:  # type: ignore[override]
+        """Run (or resume) the training; blocks until Ray Train finishes.
+
+        Returns the result too: ``execute_resumable`` returns what this returns when it reconnects on a retry.
+        """
         from airflow_bigdata_ai.train import train
 
         store, run, config = self._store(), self.run_key(context), self.train_config()
@@ -161,16 +203,15 @@ class RayTrainOperator(ResumableJobMixin, SharedClusterOperator):
         try:
             attached.ray()
             self._running = True
-            self._ref = train(
+            self._ref = train(  # logs each epoch itself (once)
                 self.train_data,
                 store,
-                self.model_factory,
+                self._factory(),
                 config=config,
                 run=run,
                 factory_kwargs=self.factory_kwargs,
                 validation_data=self.validation_data,
                 output_root=self.output_root,
-                progress=self._log_progress,
             )
         finally:
             self._running = False
@@ -185,6 +226,7 @@ class RayTrainOperator(ResumableJobMixin, SharedClusterOperator):
             metrics["resumed_from_epoch"],
             self._ref.weights_uri,
         )
+        return self._ref.to_dict()
 
     def get_job_result(self, external_id: Any, context: Context) -> dict[str, Any]:
         from airflow_bigdata_ai.train import read_result
@@ -205,3 +247,8 @@ class RayTrainOperator(ResumableJobMixin, SharedClusterOperator):
             self.log.warning("Ray actors still alive after stopping the run: %s", left)
         else:
             self.log.info("Stopped the training run; no Ray actor of this task is left")
+
+
+def _callable_name(obj: Any) -> str:
+    target = obj if hasattr(obj, "__qualname__") else type(obj)
+    return f"{getattr(target, '__module__', '?')}:{getattr(target, '__qualname__', repr(target))}"

@@ -200,9 +200,14 @@ class ModelRef(_Reference):
     trained_on: dict[str, Any] | None = None
     version: str = f"{REFERENCE_MAJOR_VERSION}.0"
     producer: Producer = field(default_factory=Producer)
+    code: dict[str, str] = field(default_factory=dict)  # user modules shipped with the factory: name -> sha256[:16]
 
     def validate(self) -> None:
         parse_uri(self.weights_uri)
+        if not isinstance(self.code, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in self.code.items()
+        ):
+            raise InvalidReference("ModelRef.code must map module names to content hashes")
         check_sha256(self.weights_sha256, "ModelRef.weights_sha256")
         if not re.match(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$", self.model_factory):
             raise InvalidReference(

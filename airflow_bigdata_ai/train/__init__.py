@@ -4,6 +4,7 @@ from airflow_bigdata_ai.train.config import EpochProgress, RunKey, TrainConfig
 from airflow_bigdata_ai.train.core import (
     TrainingFailed,
     checkpoint_uri,
+    discard_run,
     has_checkpoint,
     read_result,
     stop_current_job,
@@ -16,6 +17,7 @@ __all__ = [
     "TrainConfig",
     "TrainingFailed",
     "checkpoint_uri",
+    "discard_run",
     "has_checkpoint",
     "read_result",
     "stop_current_job",

@@ -5,27 +5,36 @@ No Airflow import: the operator, notebooks and tests call the same function. The
 
     _checkpoints/<dag_id>/<task_id>/<run_id>/   run.json (settings fingerprint), ray/ (Ray Train checkpoints),
                                                 events/<fit_id>/ (progress), result.json (final ModelRef)
-    <dag_id>/<task_id>/ds=<date>/weights/model-<sha>.pt   the trained state dict (content-addressed)
+    <dag_id>/<task_id>/ds=<date>/weights/model-<sha>.pt   the trained state dict (content-addressed;
+                                                runs without a logical date: run=<run id> instead of ds=)
+
+The checkpoint folder lives only until the task succeeds: the operator calls :func:`discard_run` then.
+Determinism: see :mod:`airflow_bigdata_ai.train.ingest`.
 """
 
 from __future__ import annotations
 
+import hashlib
+import inspect
 import json
 import logging
+import re
 import threading
 import time
 import uuid
 from collections.abc import Callable
-from functools import partial
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from airflow_bigdata_ai.models.loading import factory_call_kwargs
 from airflow_bigdata_ai.shards.dataset import load_manifest, output_uri
 from airflow_bigdata_ai.shards.paths import StoreURI
-from airflow_bigdata_ai.shards.ray_source import read_ray_dataset
 from airflow_bigdata_ai.shards.refs import ModelRef, Producer, ShardSet
 from airflow_bigdata_ai.shards.tensors import tensor_spec
 from airflow_bigdata_ai.train.config import EpochProgress, RunKey, TrainConfig
-from airflow_bigdata_ai.train.loop import LoopSpec, split_batch, train_loop
+from airflow_bigdata_ai.train.ingest import datasets_for, ingest_config
+from airflow_bigdata_ai.train.loop import LoopSpec, train_loop
+from airflow_bigdata_ai.usercode import CodeBundle, UserCallable, UserCodeError, bundle_for
 
 if TYPE_CHECKING:
     from airflow_bigdata_ai.shards.store import ShardStore
@@ -33,6 +42,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 RAY_RUN_NAME = "ray"
 CACHE_LIMIT_BYTES = 512 * 1024 * 1024
+_FACTORY_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 
 class TrainingFailed(RuntimeError):
@@ -47,6 +57,11 @@ def has_checkpoint(store: ShardStore, run: RunKey) -> bool:
     """True when a previous attempt of this run left a Ray Train checkpoint to resume from."""
     base = checkpoint_uri(store, run).join(RAY_RUN_NAME)
     return any("/checkpoint_" in u.path and u.path.endswith("state.pt") for u in store.list(base))
+
+
+def discard_run(store: ShardStore, run: RunKey) -> None:
+    """Remove this run's checkpoint folder (checkpoints, events, run.json, result.json) once it succeeded."""
+    store.delete_prefix(checkpoint_uri(store, run))
 
 
 def read_result(store: ShardStore, run: RunKey) -> ModelRef | None:
@@ -135,10 +150,42 @@ class _EventWatcher:
         return max(len(self.starts) - 1, 0)
 
 
+def ship_callable(target: Any, what: str) -> UserCallable:
+    """Build the UserCallable once, here on the driver (a missing module fails now, naming where it looked).
+
+    A configured callable object (``ExitOnceStep(...)``) travels by value with its state; functions and import
+    paths go through :meth:`UserCallable.of`.
+    """
+    if isinstance(target, (str, UserCallable)) or inspect.isroutine(target) or inspect.isclass(target):
+        return UserCallable.of(target)
+    if not callable(target):
+        raise UserCodeError(f"{what} must be a 'package.module:function' string or a callable, got {target!r}")
+    import cloudpickle
+
+    kind = type(target)
+    return UserCallable(
+        name=f"{kind.__module__}:{kind.__qualname__}", pickled=cloudpickle.dumps(target), bundle=bundle_for(kind)
+    )
+
+
+def ship_model_factory(target: str | Callable[..., Any] | UserCallable) -> UserCallable:
+    factory = ship_callable(target, "model_factory")
+    if factory.path is None or not _FACTORY_PATH.match(factory.name):
+        raise UserCodeError(
+            f"model_factory {factory.name!r} must be importable as 'package.module:function' (a module beside "
+            "the DAG is fine): the ModelRef names it so that inference can rebuild the model"
+        )
+    return factory
+
+
+def _digest(data: Any) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
 def train(
     train_data: ShardSet | dict[str, Any] | str,
     store: ShardStore,
-    model_factory: str,
+    model_factory: str | Callable[..., Any] | UserCallable,
     *,
     config: TrainConfig,
     run: RunKey,
@@ -149,8 +196,12 @@ def train(
 ) -> ModelRef:
     """Train ``model_factory``'s model on ``train_data`` with Ray Train; resume this run's last checkpoint.
 
-    Requires a connected Ray (``ray.is_initialized()``). Blocks until training finishes and returns the
-    ModelRef (also recorded as ``result.json`` beside the checkpoints).
+    ``model_factory`` (and ``config.train_step``) may live in a module the cluster does not have, e.g. beside
+    the DAG: its source travels with the job. ``factory_kwargs`` given as strings (templated) are converted
+    to the factory's parameter types. Requires a connected Ray (``ray.is_initialized()``). Blocks until
+    training finishes and returns the ModelRef (also recorded as ``result.json`` beside the checkpoints).
+    Raises :class:`~airflow_bigdata_ai.usercode.UserCodeError` for code that cannot be found or called as
+    configured, ``ValueError`` for data that does not fit the settings, both before any Ray work starts.
     """
     import ray
     import ray.train
@@ -158,6 +209,10 @@ def train(
 
     if not ray.is_initialized():
         raise RuntimeError("connect to the cluster first (AttachedCluster.ray() or ray.init(address=...))")
+    factory = ship_model_factory(model_factory)
+    step = ship_callable(config.train_step, "train_step") if config.train_step is not None else None
+    kwargs = factory_call_kwargs(factory.load(), factory_kwargs, factory.name)
+    code = factory.bundle.merged(step.bundle if step is not None else CodeBundle())
     shardset = ShardSet.coerce(train_data)
     manifest = load_manifest(store, shardset)  # verifies the manifest sha256 before anything runs
     schema = manifest.pa_schema()
@@ -168,37 +223,28 @@ def train(
     if spec_tuple is None:
         raise ValueError(f"column {config.feature_column!r} is not a tensor column (no shape/dtype metadata)")
     feature_shape, feature_dtype = spec_tuple
-    columns = [config.feature_column, config.label_column]
-
     val_set = ShardSet.coerce(validation_data) if validation_data is not None else None
-    if val_set is not None:
-        train_ds = read_ray_dataset(store, shardset, columns)
-        val_ds = read_ray_dataset(store, val_set, columns)
-    elif config.val_fraction > 0:
-        if config.id_column not in schema.names:
-            raise ValueError(f"val_fraction needs an id column {config.id_column!r} (or pass validation_data)")
-        full = read_ray_dataset(store, shardset, [config.id_column, *columns])
-        split = partial(split_batch, id_column=config.id_column, fraction=config.val_fraction)
-        train_ds = full.map_batches(partial(split, want_val=False), batch_format="pyarrow")
-        val_ds = full.map_batches(partial(split, want_val=True), batch_format="pyarrow")
-    else:
-        train_ds, val_ds = read_ray_dataset(store, shardset, columns), None
+    if val_set is None and config.val_fraction > 0 and config.id_column not in schema.names:
+        raise ValueError(f"val_fraction needs an id column {config.id_column!r} (or pass validation_data)")
+    train_ds, val_ds = datasets_for(store, shardset, val_set, config)
 
     cache = config.cache_data if config.cache_data is not None else shardset.total_bytes < CACHE_LIMIT_BYTES
     if cache:  # executed on the cluster; this process holds only block references
         train_ds = train_ds.materialize()
         val_ds = val_ds.materialize() if val_ds is not None else None
 
-    fingerprint = f"{config.fingerprint()}-{shardset.manifest_sha256[:12]}-{model_factory}"
+    fingerprint = (
+        f"{config.fingerprint()}-{shardset.manifest_sha256[:12]}-{factory.name}-{_digest(kwargs)}-{code.digest[:12]}"
+    )
     resumable = _prepare_checkpoint_dir(store, run, fingerprint)
     base = checkpoint_uri(store, run)
     fit_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
     events = base.join(f"events/{fit_id}")
-    out_dir = output_uri(output_root or str(store.root), run.dag_id, run.task_id, run.logical_date)
+    out_dir = output_uri(output_root or str(store.root), run.dag_id, run.task_id, run.logical_date, run.run_id)
     spec = LoopSpec(
-        config=config,
-        model_factory=model_factory,
-        factory_kwargs=dict(factory_kwargs or {}),
+        config=replace(config, train_step=None),  # the step travels as a UserCallable (``step``)
+        model_factory=factory,
+        factory_kwargs=kwargs,
         feature_shape=tuple(feature_shape),
         feature_dtype=feature_dtype.name,
         store=store,
@@ -206,6 +252,7 @@ def train(
         weights_dir_uri=str(store.resolve(out_dir).join("weights")),
         fingerprint=fingerprint,
         has_val=val_ds is not None,
+        step=step,
     )
     datasets = {"train": train_ds} | ({"val": val_ds} if val_ds is not None else {})
     trainer = _make_trainer(
@@ -223,10 +270,12 @@ def train(
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
         ),
         datasets=datasets,
+        dataset_config=ingest_config(),
     )
     log.info(
-        "training %s on %s (%d rows, %d shards) with %d workers; %s",
-        model_factory,
+        "training %s%s on %s (%d rows, %d shards) with %d workers; %s",
+        factory.name,
+        f" (user code {code.describe()})" if code else "",
         shardset.manifest_uri,
         shardset.num_rows,
         shardset.num_shards,
@@ -250,9 +299,9 @@ def train(
     ref = ModelRef(
         weights_uri=metrics["weights_uri"],
         weights_sha256=metrics["weights_sha256"],
-        model_factory=model_factory,
+        model_factory=factory.name,
         input_shape=[int(d) for d in feature_shape],  # one sample, no batch dimension
-        factory_kwargs=dict(factory_kwargs or {}),
+        factory_kwargs=kwargs,
         metrics={
             "val_accuracy": metrics["val_accuracy"],
             "val_loss": metrics["val_loss"],
@@ -274,6 +323,7 @@ def train(
             logical_date=run.logical_date,
             try_number=run.try_number,
         ),
+        code=code.describe(),
     )
     store.write_bytes(base.join("result.json"), ref.to_json().encode())
     store.delete_prefix(base.join(RAY_RUN_NAME))  # done: a cleared task trains afresh

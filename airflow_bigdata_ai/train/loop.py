@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
-from airflow_bigdata_ai.models.loading import build_model, import_factory
+from airflow_bigdata_ai.models.loading import build_model
 from airflow_bigdata_ai.shards.tensors import decode_tensors
 from airflow_bigdata_ai.train.config import TrainConfig
 
@@ -30,16 +30,22 @@ if TYPE_CHECKING:
     import torch
 
     from airflow_bigdata_ai.shards.store import ShardStore
+    from airflow_bigdata_ai.usercode import UserCallable
 
 STATE_FILE = "state.pt"
 
 
 @dataclass
 class LoopSpec:
-    """Everything a worker needs, shipped once through ``train_loop_config`` (small, picklable)."""
+    """Everything a worker needs, shipped once through ``train_loop_config`` (small, picklable).
+
+    The model factory and the train step travel as :class:`~airflow_bigdata_ai.usercode.UserCallable`
+    (built once on the driver): a module beside the DAG reaches the workers inside the spec, and an edited
+    module is re-imported by a reused worker. ``config.train_step`` is cleared: ``step`` carries it.
+    """
 
     config: TrainConfig
-    model_factory: str
+    model_factory: UserCallable
     factory_kwargs: dict[str, Any]
     feature_shape: tuple[int, ...]
     feature_dtype: str
@@ -48,6 +54,7 @@ class LoopSpec:
     weights_dir_uri: str
     fingerprint: str
     has_val: bool
+    step: UserCallable | None = None
 
 
 @dataclass
@@ -74,12 +81,14 @@ def default_train_step(ctx: StepContext) -> torch.Tensor:
     return loss.detach()
 
 
-def resolve_step(step: Any) -> Callable[[StepContext], Any]:
-    if step is None:
-        return default_train_step
-    if isinstance(step, str):
-        return import_factory(step)
-    return step  # type: ignore[no-any-return]
+def resolve_step(step: UserCallable | None) -> Callable[[StepContext], Any]:
+    return default_train_step if step is None else step.load()
+
+
+def epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    """Torch's RNG is re-seeded per epoch and rank, so a run resumed from an epoch checkpoint (worker-group
+    restart, task retry) draws the same random numbers (dropout, user steps) as an uninterrupted one."""
+    return (seed * 1000 + epoch) * 1000 + rank
 
 
 def make_loss(name: str) -> Callable[..., torch.Tensor]:
@@ -196,7 +205,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     model = ray.train.torch.prepare_model(build_model(spec.model_factory, spec.factory_kwargs))
     optimizer = make_optimizer(cfg, model.parameters())
     loss_fn = make_loss(cfg.loss)
-    step = resolve_step(cfg.train_step)
+    step = resolve_step(spec.step)
 
     start_epoch, history = 0, []
     checkpoint = ray.train.get_checkpoint()
@@ -213,6 +222,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
 
     train_iterator = ray.train.get_dataset_shard("train")
     for epoch in range(start_epoch, cfg.epochs):
+        torch.manual_seed(epoch_seed(cfg.seed, epoch, rank))
         model.train()
         started = time.perf_counter()
         loss_sum = seen = 0.0

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from airflow_bigdata_ai.examples.models.digits import make_digits_cnn
+from airflow_bigdata_ai.examples.sample_data import write_digits_shardset
 from airflow_bigdata_ai.models.loading import import_factory, load_model
 from airflow_bigdata_ai.shards import ChecksumMismatch, ModelRef, encode_tensors, open_store
 from airflow_bigdata_ai.train import RunKey, TrainConfig, checkpoint_uri, has_checkpoint
@@ -29,7 +30,7 @@ from airflow_bigdata_ai.train.loop import (
     split_batch,
     worker_threads,
 )
-from airflow_bigdata_ai.examples.sample_data import write_digits_shardset
+from airflow_bigdata_ai.usercode import UserCodeError
 
 FACTORY = "airflow_bigdata_ai.examples.models.digits:make_digits_cnn"
 
@@ -147,10 +148,12 @@ def test_load_model_roundtrip_and_checksum(tmp_path: Any) -> None:
 
 def test_import_factory_errors() -> None:
     assert import_factory(FACTORY) is make_digits_cnn
-    with pytest.raises(ValueError):
+    with pytest.raises(UserCodeError):
         import_factory("no_colon")
-    with pytest.raises(ValueError, match="no attribute"):
+    with pytest.raises(UserCodeError, match="no attribute"):
         import_factory("airflow_bigdata_ai.examples.models.digits:missing")
+    with pytest.raises(UserCodeError, match="no_such_module"):
+        import_factory("no_such_module:make")
 
 
 def test_operator_parse_time_is_cheap() -> None:

@@ -39,9 +39,7 @@ print(json.dumps({"records": records, "max": MAX_MESSAGE}))
 def _run(level: str) -> tuple[list[list[str]], int, str]:
     import json
 
-    proc = subprocess.run(
-        [sys.executable, "-c", CHILD, level], capture_output=True, text=True, timeout=120, check=True
-    )
+    proc = subprocess.run([sys.executable, "-c", CHILD, level], capture_output=True, text=True, timeout=120, check=True)
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     return out["records"], out["max"], proc.stderr
 

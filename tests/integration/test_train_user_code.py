@@ -1,0 +1,218 @@
+"""RayTrainOperator under a real Airflow (scheduler, LocalExecutor task supervisor) with the user's own model.
+
+One DAG in its own DAGs folder, its model factory in a module beside it (the Ray workers cannot import it),
+factory kwargs templated from params. Three trainings and one failing run cover issue 13 for training:
+
+- defect 1: the factory module beside the DAG reaches the Ray Train workers;
+- defect 2: an edited module takes effect on the next run, same cluster, no restart;
+- defect 5: ``{"channels": "{{ params.channels }}"}`` renders "6" and the factory gets the int 6;
+- defect 7: the task log holds no Ray line at error level, each epoch line once, no line over 2,000 chars;
+- defect 9: the run's checkpoint folder is gone once the task succeeded;
+- defect 11: two runs with the same seed on the same shards train byte-identical weights;
+- defect 12: a missing module fails the task on its first try (``AirflowFailException``, retries unused);
+- defect 17: a run without a logical date writes its weights under ``run=<run id>``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from airflow_bigdata_ai.shards import ModelRef, ShardSet, open_store
+from airflow_bigdata_ai.shards.paths import safe_segment
+from tests.support.airflow_services import AirflowServices
+from tests.support.cluster_fixtures import SharedCluster
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(2400)]
+
+DAG_ID = "user_train"
+MAX_LINE = 2000
+
+USER_MODULE = """
+'''The user's own model, beside the DAG: not installed, not importable on the cluster.'''
+from torch import nn
+
+
+def make_model(channels: int = 4, num_classes: int = 10) -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(1, channels, kernel_size=3, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(channels * 64, num_classes),{extra}
+    )
+"""
+EDIT = "\n        nn.ReLU(),\n        nn.Linear(num_classes, num_classes),"
+
+DAG = """
+import json
+import os
+from datetime import timedelta
+
+import pendulum
+from airflow.sdk import DAG
+
+from airflow_bigdata_ai.operators.train import RayTrainOperator
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+with open(os.path.join(HERE, "train_data.json")) as handle:
+    TRAIN_DATA = json.load(handle)
+
+with DAG(
+    "user_train",
+    schedule=None,
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    params={"channels": 6, "factory": "user_models:make_model"},
+    default_args={"retries": 2, "retry_delay": timedelta(seconds=1)},
+):
+    RayTrainOperator(
+        task_id="train",
+        train_data=TRAIN_DATA,
+        model_factory="{{ params.factory }}",
+        factory_kwargs={"channels": "{{ params.channels }}"},
+        epochs=2,
+        batch_size=32,
+        lr=5e-3,
+        num_workers=2,
+        seed=3,
+    )
+"""
+
+
+@dataclass
+class UserAirflow:
+    services: AirflowServices
+    dags: str
+    store_root: str
+
+    def trigger(self, **body: Any) -> str:
+        return str(self.services.api("POST", f"/dags/{DAG_ID}/dagRuns", json=body)["dag_run_id"])
+
+    def run(self, **body: Any) -> tuple[str, str]:
+        run_id = self.trigger(**body)
+        return run_id, self.services.wait_for_runs(DAG_ID, [run_id], timeout_s=900)[run_id]
+
+    def model_ref(self, run_id: str) -> ModelRef:
+        entry = self.services.api(
+            "GET", f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/train/xcomEntries/return_value"
+        )
+        value = entry["value"]
+        return ModelRef.coerce(json.loads(value) if isinstance(value, str) else value)
+
+    def task_instance(self, run_id: str) -> dict[str, Any]:
+        return dict(self.services.api("GET", f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/train"))
+
+    def log_records(self, run_id: str, attempt: int = 1) -> list[tuple[str, dict[str, Any]]]:
+        """(raw line, parsed record) of the task's log file as the supervisor wrote it."""
+        path = os.path.join(
+            self.services.home,
+            "logs",
+            f"dag_id={DAG_ID}",
+            f"run_id={run_id}",
+            "task_id=train",
+            f"attempt={attempt}.log",
+        )
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            return [(line, json.loads(line)) for line in handle if line.strip()]
+
+    def write_module(self, extra: str = "") -> None:
+        path = os.path.join(self.dags, "user_models.py")
+        with open(path, "w") as handle:
+            handle.write(USER_MODULE.replace("{extra}", extra))
+        os.utime(path, (time.time() + 2, time.time() + 2))  # a new mtime even within the same second
+
+
+@pytest.fixture(scope="module")
+def user_airflow(tmp_path_factory: pytest.TempPathFactory, shared_cluster: SharedCluster) -> Iterator[UserAirflow]:
+    from airflow_bigdata_ai.examples.sample_data import write_digits_shardset
+
+    base = tmp_path_factory.mktemp("user-train")
+    state_home = str(base / "abai")
+    store_root = os.path.join(state_home, "store")
+    shardset = write_digits_shardset(
+        open_store(store_root), os.path.join(store_root, "digits", "prep", "ds=2026-01-01")
+    )
+    dags = base / "dags"
+    dags.mkdir()
+    (dags / "train_data.json").write_text(shardset.to_json())
+    (dags / "user_train_dag.py").write_text(DAG)
+    services = AirflowServices(
+        home=str(base / "airflow"),
+        dags_folder=str(dags),
+        extra_env={
+            "AIRFLOW_BIGDATA_AI_HOME": state_home,
+            "AIRFLOW_BIGDATA_AI_STATE_DIR": shared_cluster.config.state_dir,
+        },
+    )
+    env = UserAirflow(services, str(dags), store_root)
+    env.write_module()
+    services.start()
+    try:
+        services.wait_for_dag(DAG_ID)
+        yield env
+    finally:
+        assert services.stop() == [], "Airflow services had to be killed"
+
+
+def _weights_keys(store_root: str, ref: ModelRef) -> list[str]:
+    import io
+
+    import torch
+
+    data = open_store(store_root).read_bytes(ref.weights_uri)
+    return sorted(torch.load(io.BytesIO(data), map_location="cpu", weights_only=True))
+
+
+def _check_log(records: list[tuple[str, dict[str, Any]]], epochs: int) -> None:
+    errors = [r for _line, r in records if r.get("level") in ("error", "critical")]
+    assert not errors, f"error-level lines in a successful task log: {errors[:5]}"
+    assert not [r for _line, r in records if r.get("logger") == "task.stderr"], "raw stderr reached the task log"
+    for epoch in range(1, epochs + 1):
+        lines = [r for _line, r in records if str(r.get("event", "")).startswith(f"epoch {epoch}/{epochs} ")]
+        assert len(lines) == 1, f"epoch {epoch} logged {len(lines)} times: {lines}"
+    long = [len(line) for line, _r in records if len(line) > MAX_LINE]
+    assert not long, f"log lines of {long} characters"
+
+
+def test_user_model_beside_the_dag_trains_deterministically_and_edits_take_effect(user_airflow: UserAirflow) -> None:
+    env = user_airflow
+    # a missing module: fails at once, on its first try, although the task has retries (defect 12)
+    missing = env.trigger(logical_date=None, conf={"factory": "missing_module:make_model"})
+    first, state = env.run(logical_date="2026-01-01T00:00:00Z")
+    assert state == "success", env.log_records(first)[-20:]
+    ref = env.model_ref(first)
+    assert ref.factory_kwargs == {"channels": 6}, ref.factory_kwargs  # "6" rendered, 6 given (defect 5)
+    assert set(ref.code) == {"user_models"}, ref.code  # the code identity travels in the ModelRef
+    assert "/ds=2026-01-01/weights/" in ref.weights_uri
+    assert _weights_keys(env.store_root, ref) == ["0.bias", "0.weight", "3.bias", "3.weight"]
+    _check_log(env.log_records(first), epochs=2)
+    checkpoints = os.path.join(env.store_root, "_checkpoints", DAG_ID, "train")
+    assert not os.path.exists(os.path.join(checkpoints, safe_segment(first))), "checkpoints kept after success"
+
+    failed = env.services.wait_for_runs(DAG_ID, [missing], timeout_s=300)
+    assert failed == {missing: "failed"}
+    ti = env.task_instance(missing)
+    assert ti["state"] == "failed" and ti["try_number"] == 1, ti  # not retried
+    text = "\n".join(line for line, _r in env.log_records(missing))
+    assert "AirflowFailException" in text or "missing_module" in text, text[-3000:]
+    assert "missing_module" in text
+
+    again, state = env.run(logical_date="2026-01-02T00:00:00Z")  # same seed, same shards (defect 11)
+    assert state == "success"
+    assert env.model_ref(again).weights_sha256 == ref.weights_sha256
+
+    env.write_module(EDIT)  # the user fixes their model; the cluster keeps running (defect 2)
+    edited, state = env.run(logical_date=None)  # and this run has no logical date (defect 17)
+    assert state == "success", env.log_records(edited)[-20:]
+    new_ref = env.model_ref(edited)
+    assert new_ref.code["user_models"] != ref.code["user_models"]
+    assert _weights_keys(env.store_root, new_ref) == ["0.bias", "0.weight", "3.bias", "3.weight", "5.bias", "5.weight"]
+    assert f"/run={safe_segment(edited)}/weights/" in new_ref.weights_uri, new_ref.weights_uri
+    _check_log(env.log_records(edited), epochs=2)
+    assert ShardSet.coerce(new_ref.trained_on).manifest_sha256 == ShardSet.coerce(ref.trained_on).manifest_sha256
