@@ -4,7 +4,7 @@ Heavy engines (torch, openvino, nncf, ray, pyspark) are imported inside the func
 """
 
 from airflow_bigdata_ai.infer.engine import InferOptions, InferResult, run_inference
-from airflow_bigdata_ai.infer.errors import AccuracyGateFailed, InferenceError, InputShapeRejected
+from airflow_bigdata_ai.infer.errors import AccuracyGateFailed, InferenceError, InputShapeRejected, ModelLoadFailed
 from airflow_bigdata_ai.infer.model import check_input_shape, load_verified_model
 
 __all__ = [
@@ -13,6 +13,7 @@ __all__ = [
     "InferResult",
     "InferenceError",
     "InputShapeRejected",
+    "ModelLoadFailed",
     "check_input_shape",
     "load_verified_model",
     "run_inference",

@@ -1,10 +1,11 @@
 """run_inference: the Airflow-free core of OpenVINOInferOperator.
 
-Plan: verify the ModelRef's weights (sha256) -> check shapes -> fetch or build the OpenVINO IR (cached
-beside the model) -> accuracy gate on a held-out sample when labels exist -> one job per input shard,
-run by an engine (Ray Data actor pool, Spark ``mapInArrow`` over Spark Connect, or in-process) where each
-worker compiles once, reads its shard straight from the store, predicts and writes the output shard
-itself -> commit the predictions ShardSet. Only summary rows come back to the caller.
+Plan: resolve the model factory (user code beside the DAG is bundled and imported here, in the task
+process: the workers only ever see the IR) -> verify the ModelRef's weights (sha256) -> check shapes ->
+fetch or build the OpenVINO IR (cached beside the model) -> accuracy gate on a held-out sample when labels
+exist -> one job per input shard, run by an engine (Ray Data actor pool, Spark ``mapInArrow`` over Spark
+Connect, or in-process) where each worker compiles once, reads its shard straight from the store, predicts
+and writes the output shard itself -> commit the predictions ShardSet. Only summary rows come back.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import pyarrow as pa
 
 from airflow_bigdata_ai.infer import ir as irmod
 from airflow_bigdata_ai.infer.errors import AccuracyGateFailed, InputShapeRejected
-from airflow_bigdata_ai.infer.model import check_input_shape, load_verified_model, read_verified_weights
+from airflow_bigdata_ai.infer.model import check_input_shape, model_factory, model_loader, read_verified_weights
 from airflow_bigdata_ai.shards.dataset import ShardInfo, ShardWriter, load_manifest, read_shard
 from airflow_bigdata_ai.shards.refs import ModelRef, Producer, ShardSet
 from airflow_bigdata_ai.shards.tensors import decode_tensors, encode_tensors, tensor_field, tensor_spec
@@ -324,8 +325,10 @@ def run_inference(
 ) -> InferResult:
     """Predict every row of ``shardset`` with the ModelRef's model through OpenVINO; commit the predictions.
 
-    Raises ChecksumMismatch (weights not the ModelRef's), InputShapeRejected (absurd or mismatching shapes),
-    AccuracyGateFailed (reduced precision too inaccurate and ``on_accuracy_drop="fail"``).
+    Raises UserCodeError (the model factory cannot be imported or called with its kwargs), ChecksumMismatch
+    (weights not the ModelRef's), ModelLoadFailed (the weights do not fit the factory's model),
+    InputShapeRejected (absurd or mismatching shapes), AccuracyGateFailed (reduced precision too inaccurate
+    and ``on_accuracy_drop="fail"``).
     """
     say = log_fn or log.info
     opts = (options or InferOptions()).validate()
@@ -333,6 +336,17 @@ def run_inference(
     data = ShardSet.coerce(shardset)
     output_store = output_store or input_store
     t0 = time.monotonic()
+
+    # 0. the model factory, before any data is read: a missing module or bad kwargs fail here
+    factory = model_factory(ref)
+    code_key = {"model_code": factory.bundle.digest} if factory.bundle else None
+    trained_code = getattr(ref, "code", None)  # the factory's modules when the weights were trained
+    if trained_code and trained_code != factory.bundle.describe():
+        log.warning(
+            "the model factory's code changed since training (then %s, now %s): the IR is built from today's code",
+            trained_code,
+            factory.bundle.describe(),
+        )
 
     # 1. shapes, before anything is converted or compiled
     shape = check_input_shape(list(ref.input_shape), opts.request_batch or 1)
@@ -351,7 +365,7 @@ def run_inference(
 
     # 2. verified weights (also on a cache hit: a ModelRef whose weights were tampered with is refused)
     read_verified_weights(ref, model_store)
-    model_loader = lambda: load_verified_model(ref, model_store)  # noqa: E731
+    load_model = model_loader(ref, model_store, factory)
 
     # 3. IR for the requested precision (and f32 when the gate needs a reference)
     need_sample = opts.precision == "int8" or (opts.precision != "f32" and label_column is not None)
@@ -375,9 +389,8 @@ def run_inference(
     holdout_labels = sample_labels[cut:] if sample_labels is not None else None
     if len(holdout) == 0:
         holdout, holdout_labels = calibration, sample_labels  # tiny inputs: gate on what there is
-    built = irmod.get_or_build(
-        ref, model_store, opts.precision, model_loader, lambda: calibration, calibration_source=data.manifest_uri
-    )
+    source = irmod.CalibrationSource(data.manifest_uri, data.manifest_sha256, input_store)
+    built = irmod.get_or_build(ref, model_store, opts.precision, load_model, lambda: calibration, source, code_key)
     say(f"OpenVINO IR for {opts.precision}: {'cache hit' if built.cache_hit else 'built'} in {built.seconds:.1f} s")
 
     # 4. accuracy gate
@@ -390,7 +403,7 @@ def run_inference(
         else:
             from airflow_bigdata_ai.infer.runtime import Predictor
 
-            f32_built = irmod.get_or_build(ref, model_store, "f32", model_loader)
+            f32_built = irmod.get_or_build(ref, model_store, "f32", load_model, extra=code_key)
             f32_acc = accuracy_of(Predictor.from_ir(f32_built.handle, shape, "f32"), holdout, holdout_labels)
             acc = accuracy_of(Predictor.from_ir(handle, shape, opts.precision), holdout, holdout_labels)
             drop = (f32_acc - acc) * 100
@@ -477,6 +490,8 @@ def run_inference(
         "ir": built.summary() if precision_used == opts.precision else {"fallback_from": built.summary()},
         "openvino": irmod.versions()["openvino"],
         "model_weights_sha256": ref.weights_sha256,
+        "model_factory": factory.name,
+        "model_code": factory.bundle.describe(),
         "input_manifest": data.manifest_uri,
     }
     infos = [ShardInfo(path=r["path"], rows=int(r["rows"]), bytes=int(r["bytes"]), sha256=r["sha256"]) for r in rows]

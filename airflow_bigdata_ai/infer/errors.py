@@ -11,6 +11,10 @@ class InputShapeRejected(InferenceError, ValueError):
     """The declared input shape is absurd or disagrees with the data: refused before any compile."""
 
 
+class ModelLoadFailed(InferenceError):
+    """The verified weights do not fit the model the factory builds (keys or shapes differ)."""
+
+
 class AccuracyGateFailed(InferenceError):
     """A reduced-precision model lost more accuracy than allowed against f32 on the held-out sample."""
 

@@ -3,7 +3,11 @@
 The IR lives beside the model's weights, keyed by everything that changes its bytes: the weights' sha256,
 the OpenVINO (and, for INT8, NNCF) version, the variant and the input shape. A backfill over many dates
 converts once. f32 and bf16 share one float IR (the precision is a compile-time hint); INT8 is its own
-IR, calibrated on the first input ShardSet that needed it (recorded in ``meta.json``).
+IR, calibrated on rows of the first input ShardSet that needed it. Those rows are kept beside the IR
+(``calibration-<sha>.npy``) and ``meta.json`` records their uri and sha256 with the source manifest's uri and
+sha256: the provenance of a reused int8 IR resolves even after a rerun replaced or deleted that manifest.
+When the model factory is user code (a module shipped in a CodeBundle), its content digest is part of the
+key: an edited factory converts afresh.
 
 Files are content-addressed (``model-<sha>.xml``), and ``meta.json`` is created last with a conditional
 put: two tasks converting at once never clobber each other, and a reader verifies both files' sha256
@@ -13,6 +17,7 @@ against ``meta.json`` before handing them to OpenVINO.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
@@ -222,37 +227,105 @@ class IRResult:
         }
 
 
+@dataclass(frozen=True)
+class CalibrationSource:
+    """The input an int8 IR was calibrated on: its manifest, pinned by sha256, and the store it lives in."""
+
+    manifest_uri: str
+    manifest_sha256: str
+    store: ShardStore | None = None
+
+
+def store_calibration(store: ShardStore, directory: str, samples: np.ndarray) -> dict[str, Any]:
+    """Keep the calibration rows beside the IR, content-addressed (``.npy``); returns their record."""
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(samples), allow_pickle=False)
+    data = buffer.getvalue()
+    uri = parse_uri(directory).join(f"calibration-{_sha(data)[:16]}.npy")
+    if not store.exists(uri):
+        store.write_bytes(uri, data)
+    return {
+        "uri": str(uri),
+        "sha256": _sha(data),
+        "rows": int(samples.shape[0]),
+        "shape": list(samples.shape[1:]),
+        "dtype": str(samples.dtype),
+    }
+
+
+def _manifest_state(source: CalibrationSource | None, uri: str | None, sha256: str | None) -> str:
+    """``present`` (same bytes), ``replaced`` (a rerun rewrote it), ``deleted`` or ``unknown`` (not checkable)."""
+    if source is None or source.store is None or not uri:
+        return "unknown"
+    try:
+        target = source.store.resolve(uri)
+        if not source.store.exists(target):
+            return "deleted"
+        if sha256 and _sha(source.store.read_bytes(target)) != sha256:
+            return "replaced"
+        return "present"
+    except Exception:  # another store, or outside this store's root: say so rather than guess
+        log.debug("cannot check calibration manifest %s", uri, exc_info=True)
+        return "unknown"
+
+
+def provenance(meta: dict[str, Any], store: ShardStore, source: CalibrationSource | None) -> dict[str, Any]:
+    """What a reused int8 IR was calibrated on, resolvable whatever happened to the source manifest since."""
+    sample = dict(meta.get("calibration_sample") or {})
+    if sample.get("uri"):
+        try:
+            sample["present"] = store.exists(store.resolve(sample["uri"]))
+        except Exception:
+            sample["present"] = False
+    return {
+        "calibrated_on": meta.get("calibrated_on"),
+        "calibrated_on_sha256": meta.get("calibrated_on_sha256"),
+        "calibrated_on_manifest": _manifest_state(source, meta.get("calibrated_on"), meta.get("calibrated_on_sha256")),
+        "calibration_sample": sample or None,
+        "calibration_samples": meta.get("calibration_samples"),
+    }
+
+
 def get_or_build(
     ref: ModelRef,
     store: ShardStore,
     precision: str,
     torch_model: Any,
     calibration: Any = None,
-    calibration_source: str | None = None,
+    calibration_source: CalibrationSource | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> IRResult:
     """The IR for ``precision``: from the cache, or converted (and for int8 quantized) then cached.
 
     ``torch_model`` is a zero-argument callable returning the verified torch model, so a cache hit never
     loads torch weights at all. ``calibration`` is likewise a callable returning the calibration array.
+    ``extra`` joins the cache key (the digest of the user code that builds the model).
     """
     start = time.monotonic()
-    found = lookup(ref, store, precision)
+    found = lookup(ref, store, precision, extra)
     if found is not None:
-        return IRResult(found, True, time.monotonic() - start, {"calibrated_on": found.meta.get("calibrated_on")})
-    float_handle = lookup(ref, store, "f32")
+        info = provenance(found.meta, store, calibration_source) if precision == "int8" else {}
+        return IRResult(found, True, time.monotonic() - start, info)
+    float_handle = lookup(ref, store, "f32", extra)
     if float_handle is not None:
         float_model = float_handle.read_model()
     else:
         float_model = convert(torch_model(), ref.input_shape)
         if precision != "int8":
-            handle = store_ir(ref, store, precision, float_model)
+            handle = store_ir(ref, store, precision, float_model, extra)
             return IRResult(handle, False, time.monotonic() - start)
-        store_ir(ref, store, "f32", float_model)
+        store_ir(ref, store, "f32", float_model, extra)
     if precision != "int8":
         assert float_handle is not None
         return IRResult(float_handle, True, time.monotonic() - start)
-    samples = calibration()
+    samples = np.asarray(calibration(), dtype=np.float32)
     quantized = quantize(float_model, samples)
-    info = {"calibrated_on": calibration_source, "calibration_samples": len(samples)}
-    handle = store_ir(ref, store, "int8", quantized, info=info)
-    return IRResult(handle, False, time.monotonic() - start, info)
+    digest, _ = cache_key(ref, "int8", extra)
+    meta_info = {
+        "calibrated_on": calibration_source.manifest_uri if calibration_source else None,
+        "calibrated_on_sha256": calibration_source.manifest_sha256 if calibration_source else None,
+        "calibration_sample": store_calibration(store, cache_dir(ref, store, "int8", digest), samples),
+        "calibration_samples": len(samples),
+    }
+    handle = store_ir(ref, store, "int8", quantized, extra, info=meta_info)
+    return IRResult(handle, False, time.monotonic() - start, provenance(handle.meta, store, calibration_source))

@@ -2,15 +2,30 @@
 
 The weights are hashed before a single byte is deserialised, and then loaded with
 ``torch.load(weights_only=True)``: a tampered or swapped file is refused, never executed.
+
+The model factory runs only in the task process (conversion to OpenVINO IR and NNCF quantization happen
+there; workers compile the IR and never import it). A factory in a module beside the DAG is resolved through
+a :class:`~airflow_bigdata_ai.usercode.UserCallable`, whose bundle re-imports an edited module on the next
+run even in a long-lived process, and whose digest joins the IR cache key.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from airflow_bigdata_ai.infer.errors import InputShapeRejected
+from airflow_bigdata_ai.infer.errors import InputShapeRejected, ModelLoadFailed
+from airflow_bigdata_ai.models.loading import factory_call_kwargs, read_verified_weights
 from airflow_bigdata_ai.models.loading import load_model as load_verified_model
-from airflow_bigdata_ai.models.loading import read_verified_weights
+from airflow_bigdata_ai.shards.errors import InvalidReference
+from airflow_bigdata_ai.shards.refs import ModelRef
+from airflow_bigdata_ai.usercode import UserCallable, UserCodeError
+
+if TYPE_CHECKING:
+    import torch
+
+    from airflow_bigdata_ai.shards.store import ShardStore
 
 # Limits for one sample: generous for real vision models (4K RGB is 25M elements), tiny next to a bomb.
 MAX_RANK = 4
@@ -38,4 +53,27 @@ def check_input_shape(shape: list[int] | tuple[int, ...], request_batch: int = 1
     return dims
 
 
-__all__ = ["check_input_shape", "load_verified_model", "read_verified_weights"]
+def model_factory(ref: ModelRef) -> UserCallable:
+    """The ModelRef's factory, checked now: UserCodeError if its module is missing or it refuses the kwargs."""
+    factory = UserCallable.of(ref.model_factory)
+    factory_call_kwargs(factory.load(), ref.factory_kwargs, factory.name)
+    return factory
+
+
+def model_loader(ref: ModelRef, store: ShardStore, factory: UserCallable) -> Callable[[], torch.nn.Module]:
+    """A zero-argument loader of the verified trained model (called only when an IR must be built)."""
+
+    def load() -> torch.nn.Module:
+        try:
+            return load_verified_model(ref, store, factory.bundle)
+        except (UserCodeError, InvalidReference):
+            raise
+        except (RuntimeError, KeyError, TypeError, ValueError) as exc:  # e.g. state dict keys or shapes differ
+            raise ModelLoadFailed(
+                f"the weights {ref.weights_uri} do not load into {factory.name}(**{ref.factory_kwargs}): {exc}"
+            ) from exc
+
+    return load
+
+
+__all__ = ["check_input_shape", "load_verified_model", "model_factory", "model_loader", "read_verified_weights"]

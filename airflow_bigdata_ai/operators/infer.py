@@ -88,8 +88,9 @@ class OpenVINOInferOperator(SharedClusterOperator):
         self._ray_attached = False
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from airflow_bigdata_ai.infer import AccuracyGateFailed, InferOptions, InputShapeRejected, run_inference
+        from airflow_bigdata_ai.infer import InferenceError, InferOptions, run_inference
         from airflow_bigdata_ai.shards import ChecksumMismatch, InvalidReference, ModelRef, ShardSet
+        from airflow_bigdata_ai.usercode import UserCodeError
 
         try:
             ref = ModelRef.coerce(self.model_ref)
@@ -146,8 +147,9 @@ class OpenVINOInferOperator(SharedClusterOperator):
                 tag=self._tag,
                 log_fn=self.log.info,
             )
-        except (AccuracyGateFailed, ChecksumMismatch, InputShapeRejected) as exc:
-            raise AirflowFailException(str(exc)) from exc  # deterministic: retrying cannot help
+        except (InferenceError, ChecksumMismatch, UserCodeError) as exc:
+            # deterministic (a gate, shapes, weights that do not fit, a missing module or bad factory kwargs)
+            raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
         finally:
             self._spark = None
             self._ray_attached = False

@@ -149,3 +149,28 @@ def test_operator_dag_run_and_tampered_weights(airflow_db, shared_cluster, env, 
         from tests.support.infer_models import trained_state_bytes
 
         store.write_bytes(ref.weights_uri, trained_state_bytes())
+
+
+def test_user_factory_beside_the_dag_on_ray_and_spark(attached, tmp_path, monkeypatch):
+    """A model factory in a module only this (task) process can import: the IR is built here, int8 included,
+    and the Ray actors and Spark executors, which cannot import the module, only ever see the IR."""
+    from tests.unit.test_infer_usercode import eager_predictions, make_project
+
+    p = make_project(tmp_path, monkeypatch, rows=200)
+    attached.ray()
+    for engine, precision in (("ray", "int8"), ("spark", "f32")):
+        result = run_inference(
+            p.ref,
+            p.data,
+            f"file://{p.root}/store/out/{engine}",
+            model_store=p.store,
+            input_store=p.store,
+            options=InferOptions(engine=engine, precision=precision, max_accuracy_drop=100.0, num_workers=2),
+            spark=attached.spark() if engine == "spark" else None,
+        )
+        assert result.summary["engine"] == engine and result.summary["precision_used"] == precision
+        assert p.name in result.summary["model_code"]
+        predicted = read_table(p.store, result.shardset).column("predicted").to_numpy()
+        assert len(predicted) == 200
+        if precision == "f32":  # (int8 of an untrained model's near-tied logits may flip some)
+            assert (predicted == eager_predictions(p, 1.0)).mean() >= 0.99
