@@ -66,8 +66,8 @@ def prepare(
     """Check every setting, resolve the user code and read the labels file, without Spark.
 
     Raises what a retry cannot fix: :class:`~airflow_bigdata_ai.usercode.UserCodeError` (the transform's
-    module cannot be found or imported), :class:`SettingsError`, :class:`SourceLayoutError` (labels file);
-    :class:`SourceError` for a missing labels file. The operator calls it before attaching to the cluster.
+    module cannot be found or imported), :class:`SettingsError`, :class:`SourceLayoutError` (labels file
+    missing or malformed). The operator calls it before attaching to the cluster.
     """
     if rows_per_shard < 1:
         raise SettingsError(f"rows_per_shard must be >= 1, got {rows_per_shard}")

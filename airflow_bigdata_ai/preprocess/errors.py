@@ -54,15 +54,15 @@ class QuarantineRecord:
 
 
 class SourceError(RuntimeError):
-    """The source cannot be read as a whole (missing prefix, missing labels file).
+    """The source cannot be read as a whole (a missing or empty prefix).
 
     Never quarantined. The prefix may yet appear (an upstream writer, a store outage), so Airflow retries.
     """
 
 
 class SourceLayoutError(SourceError):
-    """The source is there but laid out so that no run can succeed: no file with an image extension, a
-    labels file without a ``path,label`` header, empty, listing a path twice, or in another store.
+    """The source is laid out so that no run can succeed: no file with an image extension, a labels file
+    that is missing, without a ``path,label`` header, empty, listing a path twice, or in another store.
 
     Raised before any Spark job starts where it can be (labels files are read on the driver); a retry
     cannot fix it, so the operator fails without retries.

@@ -16,7 +16,7 @@ import io
 import posixpath
 from dataclasses import dataclass
 
-from airflow_bigdata_ai.preprocess.errors import SourceError, SourceLayoutError
+from airflow_bigdata_ai.preprocess.errors import SourceLayoutError
 from airflow_bigdata_ai.preprocess.sources import SourceSpec
 from airflow_bigdata_ai.shards.errors import InvalidReference
 from airflow_bigdata_ai.shards.paths import StoreURI, parse_uri
@@ -73,19 +73,23 @@ def labels_store(source_store: ShardStore, uri: StoreURI) -> ShardStore:
 
 
 def read_labels(spec: SourceSpec, source_store: ShardStore) -> LabelsFile:
-    """Read and validate ``spec.labels`` (see :func:`parse_labels`); :class:`SourceError` if it is missing."""
+    """Read and validate ``spec.labels`` (see :func:`parse_labels`).
+
+    A missing labels file is a :class:`SourceLayoutError` too (not retried): the file is named in the
+    task's own settings, and the task that writes it (if any) has finished before this one starts.
+    """
     uri = labels_uri(spec)
     store = labels_store(source_store, uri)
     try:
         data = store.read_bytes(uri)
     except FileNotFoundError as exc:
-        raise SourceError(f"labels file {uri} does not exist") from exc
+        raise SourceLayoutError(f"labels file {uri} does not exist") from exc
     except IsADirectoryError as exc:
         raise SourceLayoutError(f"labels file {uri} is a folder, not a CSV file") from exc
     except Exception as exc:
         code = getattr(exc, "response", {}).get("Error", {}).get("Code") if hasattr(exc, "response") else None
         if code in ("NoSuchKey", "404", "NotFound"):
-            raise SourceError(f"labels file {uri} does not exist") from exc
+            raise SourceLayoutError(f"labels file {uri} does not exist") from exc
         raise
     return LabelsFile(str(uri), hashlib.sha256(data).hexdigest(), parse_labels(data, str(uri), spec.classes))
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from airflow_bigdata_ai.preprocess import SourceError, SourceLayoutError, parse_labels, preprocess
+from airflow_bigdata_ai.preprocess import SourceLayoutError, parse_labels, preprocess
 from airflow_bigdata_ai.preprocess.labels import labels_uri
 from airflow_bigdata_ai.preprocess.sources import SourceSpec
 from airflow_bigdata_ai.shards import open_store, read_table
@@ -78,7 +78,7 @@ def test_integer_labels_and_bad_values_stay_per_record(flat_images, tmp_path):
 
 
 BAD_FILES = {
-    "missing": (None, SourceError, "does not exist"),
+    "missing": (None, SourceLayoutError, "does not exist"),
     "empty": ("", SourceLayoutError, "is empty"),
     "no-header": ("batch0/cam0/img00.png,cat\n", SourceLayoutError, "needs the columns 'path' and 'label'"),
     "wrong-header": ("file,class\nbatch0/cam0/img00.png,cat\n", SourceLayoutError, "header 'file,class'"),
