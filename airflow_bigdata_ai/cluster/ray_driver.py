@@ -17,6 +17,7 @@ own log files (``<session>/logs/ray-data``) keep the full text.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 RAY_LOGGERS = ("ray", "ray.data", "ray.train", "ray.tune", "ray.air")
 ROUTED_LOGGER = "airflow_bigdata_ai.ray"
@@ -50,12 +51,38 @@ class RayLogRouter(logging.Handler):
         target.handle(routed)
 
 
+def _log_driver_message(data: dict[str, Any], ignore_prefix: bool = False) -> None:
+    """Stands in for ``ray._private.worker.print_to_stdstream``: the messages Ray's error listener prints on
+    the driver (a raylet that died, with the last 20 lines of its log) become one WARNING line; the rest of
+    the text goes to DEBUG. Printed, each of their lines was a separate line of the task log."""
+    lines = [part for line in data.get("lines", []) for part in str(line).splitlines() if part.strip()]
+    if not lines:
+        return
+    logger = logging.getLogger("ray.driver_messages")
+    more = f" ({len(lines) - 1} more lines at DEBUG)" if len(lines) > 1 else ""
+    logger.warning("%s%s", lines[0].strip(), more)
+    if more:
+        logger.debug("%s", "\n".join(lines[1:]))
+
+
+def _route_driver_messages() -> None:
+    try:
+        import ray._private.worker as ray_worker
+    except ImportError:  # pragma: no cover - Ray not installed
+        return
+    if getattr(ray_worker, "print_to_stdstream", None) is not _log_driver_message:
+        ray_worker.print_to_stdstream = _log_driver_message  # looked up at call time by listen_error_messages
+
+
 def _is_console(handler: logging.Handler) -> bool:
     return isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler)
 
 
 def route_ray_logging(ray_level: int = logging.INFO) -> None:
     """Take Ray's console output in this (driver) process into ordinary logging. Idempotent, cheap.
+
+    Covers Ray's loggers and the messages its driver-side error listener prints (see
+    :func:`_log_driver_message`).
 
     Call it after ``ray.init`` (which sets the ``ray`` logger's level) and after ``import ray.data`` (whose
     import installs its console handler): :meth:`AttachedCluster.ray` does both.
@@ -71,6 +98,7 @@ def route_ray_logging(ray_level: int = logging.INFO) -> None:
     ray_logger.setLevel(ray_level)
     if not any(isinstance(h, RayLogRouter) for h in ray_logger.handlers):
         ray_logger.addHandler(RayLogRouter())
+    _route_driver_messages()
 
 
 def reload_ray_auth_config() -> None:

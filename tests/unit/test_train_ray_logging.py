@@ -32,6 +32,9 @@ ray_data.info("Execution config: " + "x" * 5000)
 ray_data.warning("a real Ray Data warning")
 logging.getLogger("ray.train.v2").info("an ordinary Ray Train line")
 logging.getLogger("ray._private.worker").error("a real Ray error")
+import ray._private.worker as ray_worker
+dump = "Raylet is terminated. Termination is unexpected.\n" + "\n".join(f"    [state-dump] {i}" for i in range(20))
+ray_worker.print_to_stdstream({"lines": [dump], "pid": "raylet", "is_err": False}, ignore_prefix=False)
 print(json.dumps({"records": records, "max": MAX_MESSAGE}))
 """
 
@@ -40,7 +43,9 @@ def _run(level: str) -> tuple[list[list[str]], int, str]:
     import json
 
     proc = subprocess.run([sys.executable, "-c", CHILD, level], capture_output=True, text=True, timeout=120, check=True)
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out_lines = proc.stdout.strip().splitlines()
+    assert len(out_lines) == 1, out_lines[:5]  # nothing printed to stdout but the result
+    out = json.loads(out_lines[-1])
     return out["records"], out["max"], proc.stderr
 
 
@@ -48,8 +53,12 @@ def test_ray_lines_are_routed_once_at_their_level_and_nothing_goes_to_stderr() -
     records, _, stderr = _run("info")
     assert "a real Ray Data warning" not in stderr and "Execution config" not in stderr, stderr
     assert "ordinary Ray Train line" not in stderr, stderr
-    levels = {message[:30]: level for _name, level, message in records}
-    assert levels == {"a real Ray Data warning": "WARNING", "a real Ray error": "ERROR"}, records
+    levels = {message[:23]: level for _name, level, message in records}
+    assert levels == {
+        "a real Ray Data warning": "WARNING",
+        "a real Ray error": "ERROR",
+        "Raylet is terminated. T": "WARNING",  # a driver-side dump: one line, not 21 lines of stdout
+    }, records
     assert [m for _n, _l, m in records].count("a real Ray Data warning") == 1
 
 
