@@ -21,25 +21,20 @@ import importlib
 import importlib.abc
 import importlib.machinery
 import importlib.util
-import inspect
-import json
 import os
 import sys
 import sysconfig
 import threading
 import types
-import typing
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from airflow_bigdata_ai.usercode.errors import UserCodeError
+
 MAX_BUNDLE_BYTES = 16 * 1024 * 1024
 SHA_ATTR = "__abai_code_sha256__"
-_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
-
-
-class UserCodeError(Exception):
-    """User code cannot be found, imported or called as configured; a retry cannot fix it."""
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # airflow_bigdata_ai/
 
 
 @functools.lru_cache(maxsize=1)
@@ -106,7 +101,7 @@ class CodeBundle:
     def activate(self) -> None:
         """Serve these modules' sources to ``import`` in this process; drop stale copies already imported."""
         if self.modules:
-            _FINDER.activate(self)
+            FINDER.activate(self)
 
     def merged(self, other: CodeBundle) -> CodeBundle:
         found = {m.name: m for m in (*self.modules, *other.modules)}
@@ -174,7 +169,7 @@ class _BundleFinder(importlib.abc.MetaPathFinder):
             importlib.invalidate_caches()
 
 
-_FINDER = _BundleFinder()
+FINDER = _BundleFinder()
 
 
 # -- building a bundle on the task's host ------------------------------------------------------------------
@@ -191,7 +186,7 @@ def _find_spec(name: str) -> importlib.machinery.ModuleSpec | None:
                 return None
             path = list(parent_spec.submodule_search_locations)
         for finder in sys.meta_path:  # what ``import`` does, minus sys.modules and the bundles
-            if finder is _FINDER or not hasattr(finder, "find_spec"):
+            if finder is FINDER or not hasattr(finder, "find_spec"):
                 continue
             spec = finder.find_spec(name, path)
             if spec is not None:
@@ -270,14 +265,14 @@ def _collect(names: Iterable[str]) -> CodeBundle:
     return CodeBundle(tuple(shipped[n] for n in sorted(shipped)))
 
 
-def _split_path(path: str) -> tuple[str, str]:
+def split_path(path: str) -> tuple[str, str]:
     module, sep, attr = path.partition(":")
     if not isinstance(path, str) or not sep or not module or not attr:
         raise UserCodeError(f"an import path must look like 'package.module:function', got {path!r}")
     return module, attr
 
 
-def _not_found(module: str, path: str, cause: BaseException | None = None) -> UserCodeError:
+def module_not_found(module: str, path: str, cause: BaseException | None = None) -> UserCodeError:
     where = [p for p in sys.path if p] or ["(empty sys.path)"]
     detail = f" ({type(cause).__name__}: {cause})" if cause is not None else ""
     return UserCodeError(
@@ -293,9 +288,9 @@ def bundle_for(*targets: str | Callable[..., Any] | None) -> CodeBundle:
         if target is None:
             continue
         if isinstance(target, str):
-            module, _ = _split_path(target)
+            module, _ = split_path(target)
             if _find_spec(module) is None:
-                raise _not_found(module, target)
+                raise module_not_found(module, target)
             names.append(module)
             continue
         module_obj = sys.modules.get(getattr(target, "__module__", None) or "")
@@ -305,184 +300,13 @@ def bundle_for(*targets: str | Callable[..., Any] | None) -> CodeBundle:
             with open(origin, encoding="utf-8") as handle:
                 source = handle.read()
             names.extend(_imported_names(source, module_obj.__name__, hasattr(module_obj, "__path__")))
-            if _importable_as_itself(module_obj):
+            if importable_as_itself(module_obj):
                 names.append(module_obj.__name__)
     return _collect(names)
 
 
-def _importable_as_itself(module: types.ModuleType) -> bool:
+def importable_as_itself(module: types.ModuleType) -> bool:
     """True when ``import <module.__name__>`` finds this very file (not so for DAG files Airflow loads)."""
     spec = _find_spec(module.__name__)
     origin = getattr(module, "__file__", None)
     return bool(spec and spec.origin and origin and os.path.abspath(spec.origin) == os.path.abspath(origin))
-
-
-# -- resolving on any worker ----------------------------------------------------------------------------------
-
-
-def import_callable(path: str, bundle: CodeBundle | None = None) -> Callable[..., Any]:
-    """Resolve ``"package.module:attr[.attr]"`` after activating ``bundle``; UserCodeError when it cannot."""
-    module_name, attr = _split_path(path)
-    if bundle:
-        bundle.activate()
-    with _FINDER.lock:
-        try:
-            target: Any = importlib.import_module(module_name)
-        except ImportError as exc:
-            raise _not_found(module_name, path, exc) from exc
-        except Exception as exc:  # the module itself raised while importing
-            raise UserCodeError(
-                f"importing module {module_name!r} for {path!r} failed: {type(exc).__name__}: {exc}"
-            ) from exc
-    for part in attr.split("."):
-        try:
-            target = getattr(target, part)
-        except AttributeError:
-            raise UserCodeError(f"module {module_name!r} has no attribute {attr!r} (looked up for {path!r})") from None
-    if not callable(target):
-        raise UserCodeError(f"{path!r} is a {type(target).__name__}, not a callable")
-    return target  # type: ignore[no-any-return]
-
-
-def _cloudpickle() -> Any:
-    import cloudpickle
-
-    return cloudpickle
-
-
-_LOADED: dict[tuple[str, str, str], Callable[..., Any]] = {}
-
-
-@dataclass(frozen=True)
-class UserCallable:
-    """A user function that travels to any worker: by import path (its code in ``bundle``) or by value."""
-
-    name: str
-    path: str | None = None
-    pickled: bytes | None = None
-    bundle: CodeBundle = CodeBundle()
-
-    @classmethod
-    def of(cls, target: str | Callable[..., Any] | UserCallable) -> UserCallable:
-        """Build on the task's host; a missing module or attribute fails here, before any job starts."""
-        if isinstance(target, UserCallable):
-            return target
-        if isinstance(target, str):
-            bundle = bundle_for(target)
-            import_callable(target, bundle)  # early, clear error on this host
-            return cls(name=target, path=target, bundle=bundle)
-        if not callable(target):
-            raise UserCodeError(f"expected an import path 'module:function' or a callable, got {target!r}")
-        module_name = getattr(target, "__module__", None) or ""
-        qualname = getattr(target, "__qualname__", None) or type(target).__qualname__
-        name = f"{module_name}:{qualname}"
-        module = sys.modules.get(module_name)
-        bundle = bundle_for(target)
-        simple = "<" not in qualname and module is not None and getattr(module, qualname.split(".")[0], None)
-        if simple and module is not None and module_name != "__main__":
-            if not is_user_file(getattr(module, "__file__", None)) or _importable_as_itself(module):
-                return cls(name=name, path=name, bundle=bundle)  # installed, or shipped in the bundle
-        cloudpickle = _cloudpickle()
-        by_value = module is not None and module_name != "__main__" and not _importable_as_itself(module)
-        if by_value:
-            try:  # a DAG file's module: importable here only, so its functions must travel by value
-                cloudpickle.register_pickle_by_value(module)
-            except ValueError:
-                by_value = False  # not in sys.modules: cloudpickle pickles it by value anyway
-        try:
-            pickled = cloudpickle.dumps(target)
-        except Exception as exc:
-            raise UserCodeError(f"{name} cannot be sent to the cluster by value: {type(exc).__name__}: {exc}") from exc
-        finally:
-            if by_value:
-                cloudpickle.unregister_pickle_by_value(module)
-        return cls(name=name, pickled=pickled, bundle=bundle)
-
-    def load(self) -> Callable[..., Any]:
-        """The function itself, on whatever process this runs in (cached per code version)."""
-        key = (self.name, self.bundle.digest, hashlib.sha256(self.pickled or b"").hexdigest())
-        self.bundle.activate()
-        cached = _LOADED.get(key)
-        if cached is not None:
-            return cached
-        if self.path is not None:
-            fn = import_callable(self.path, self.bundle)
-        else:
-            try:
-                fn = _cloudpickle().loads(self.pickled)
-            except ImportError as exc:
-                raise UserCodeError(f"{self.name} needs a module this worker cannot import: {exc}") from exc
-        _LOADED[key] = fn
-        return fn
-
-    def describe(self) -> dict[str, Any]:
-        return {"callable": self.name, "by": "path" if self.path else "value", "modules": self.bundle.describe()}
-
-
-# -- templated keyword arguments ---------------------------------------------------------------------------------
-
-_TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
-
-
-def _target_type(hint: Any) -> type | None:
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        options = [a for a in typing.get_args(hint) if a is not type(None)]
-        return _target_type(options[0]) if len(options) == 1 else None
-    if origin is not None:
-        hint = origin
-    return hint if hint in (int, float, bool, list, tuple, dict) else None
-
-
-def _convert(value: str, kind: type) -> Any:
-    text = value.strip()
-    if kind is bool:
-        if text.lower() in _TRUE | _FALSE:
-            return text.lower() in _TRUE
-        raise ValueError(text)
-    if kind is int:
-        return int(text)
-    if kind is float:
-        return float(text)
-    try:
-        parsed = json.loads(text)
-    except ValueError:
-        parsed = ast.literal_eval(text)  # Jinja renders tuples and dicts as Python reprs
-    if kind is tuple and isinstance(parsed, list):
-        parsed = tuple(parsed)
-    if not isinstance(parsed, kind):
-        raise ValueError(text)
-    return parsed
-
-
-def coerce_kwargs(fn: Callable[..., Any], kwargs: Mapping[str, Any] | None, what: str = "kwargs") -> dict[str, Any]:
-    """Turn templated strings (``"64"``) into the type the parameter declares, or its default's type."""
-    result = dict(kwargs or {})
-    if not any(isinstance(v, str) for v in result.values()):
-        return result
-    try:
-        signature = inspect.signature(fn)
-    except (TypeError, ValueError):
-        return result
-    try:
-        hints = typing.get_type_hints(fn)
-    except Exception:  # unresolvable annotations: fall back to the defaults' types
-        hints = {}
-    name = f"{getattr(fn, '__module__', '?')}:{getattr(fn, '__qualname__', repr(fn))}"
-    for key, value in result.items():
-        param = signature.parameters.get(key)
-        if not isinstance(value, str) or param is None:
-            continue
-        kind = _target_type(hints.get(key)) if key in hints else None
-        if kind is None and key not in hints and param.default not in (inspect.Parameter.empty, None):
-            kind = _target_type(type(param.default))
-        if kind is None:
-            continue
-        try:
-            result[key] = _convert(value, kind)
-        except (ValueError, SyntaxError):
-            raise UserCodeError(
-                f"{what}: parameter {key!r} of {name} expects {kind.__name__}, got {value!r} (a templated value "
-                "renders as a string; it is converted when the parameter's annotation or default gives its type)"
-            ) from None
-    return result
