@@ -24,7 +24,7 @@ from airflow_bigdata_ai.shards.errors import InvalidReference
 from airflow_bigdata_ai.shards.store import ShardStore
 from airflow_bigdata_ai.usercode import UserCallable, coerce_kwargs
 
-TransformLike = Callable[..., Any] | str | Sequence[Mapping[str, Any]] | ImagePipeline | None
+TransformLike = Callable[..., Any] | str | Sequence[Mapping[str, Any]] | ImagePipeline | UserCallable | None
 
 # the column types a transform's output can produce (see process._column_spec), by the names users write
 _SCALAR_NAMES = {
@@ -92,7 +92,7 @@ def plan_transform(transform: TransformLike, kwargs: Mapping[str, Any] | None) -
             return ImagePipeline.from_spec(transform or ()), {}  # type: ignore[arg-type]
         except (TypeError, ValueError, KeyError) as exc:
             raise SettingsError(f"transform steps {transform!r}: {exc}") from None
-    if not (isinstance(transform, str) or callable(transform)):
+    if not (isinstance(transform, (str, UserCallable)) or callable(transform)):
         raise SettingsError(
             f"transform must be a callable, an import path 'pkg.module:function' or a list of built-in steps, "
             f"got {type(transform).__name__}"

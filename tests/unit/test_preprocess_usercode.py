@@ -107,6 +107,8 @@ def test_the_job_carries_the_user_module_to_a_process_that_cannot_import_it(imag
     _, module = dags
     prepared = prepare(images, str(tmp_path / "out"), transform=f"{module}:shifted", transform_kwargs={"size": "3"})
     assert prepared.job.transform_kwargs == {"size": 3}
+    again = prepare(images, str(tmp_path / "out"), transform=prepared.job.transform)  # a UserCallable as is
+    assert again.job.transform == prepared.job.transform
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     done = subprocess.run(
         [sys.executable, "-c", _EXECUTOR], input=pickle.dumps(prepared.job), capture_output=True, env=env,
