@@ -1,6 +1,7 @@
 """Ready-made transforms, importable by path (``"airflow_bigdata_ai.examples.transforms:digits_float"``).
 
-Import paths are resolved on the executors, so these double as the reference for user modules.
+Installed with the package, so they ship nothing; a user's own module beside the DAG is written the same way and
+travels with each job (docs/user-code.rst).
 """
 
 from __future__ import annotations
