@@ -19,7 +19,7 @@ import pytest
 
 from tests.support.s3server import s3_server
 
-pytestmark = [pytest.mark.system, pytest.mark.integration, pytest.mark.timeout(1800)]
+pytestmark = [pytest.mark.system, pytest.mark.integration, pytest.mark.timeout(3600)]
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BUCKET, PREFIX = "abai-shared", "team-a/airflow-bigdata-ai"
