@@ -75,6 +75,7 @@ def test_service_on_standalone_master(tmp_path):
         SPARK_LOCAL_IP="127.0.0.1",
         SPARK_NO_DAEMONIZE="1",
         SPARK_LOG_DIR=str(tmp_path / "logs"),
+        SPARK_WORKER_DIR=str(tmp_path / "work"),  # a standalone worker's executor dirs (else $SPARK_HOME/work)
         PYSPARK_PYTHON=sys.executable,
         PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
     )
