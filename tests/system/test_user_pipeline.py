@@ -19,6 +19,7 @@ import io
 import json
 import os
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -72,19 +73,50 @@ def user_env(base: Path, state_dir: str) -> dict[str, str]:
     return env
 
 
+def end_session(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL, to every process of ``proc``'s group (ours: started with start_new_session)."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        deadline = time.monotonic() + 20.0
+        try:
+            os.killpg(proc.pid, sig)
+            while time.monotonic() < deadline:
+                proc.poll()  # reap bash, or its zombie keeps the group alive
+                os.killpg(proc.pid, 0)
+                time.sleep(0.5)
+        except ProcessLookupError:
+            return
+
+
 def run_like_a_user(base: Path, env: dict[str, str], label: str) -> str:
     """``run.sh`` from the docs, in ``base`` (which holds ``my_project/``); its output goes to a log file."""
     log_path = base / f"{label}.log"
     started = time.monotonic()
     with open(log_path, "w") as log:
-        proc = subprocess.run(
+        # its own session, so that a timeout ends airflow and everything it started, not only bash
+        proc = subprocess.Popen(
             ["bash", str(PROJECT / "run.sh")],
             cwd=base,
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
-            timeout=RUN_TIMEOUT_S,
+            start_new_session=True,
         )
+        try:
+            proc.wait(timeout=RUN_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            end_session(proc)
+            raise AssertionError(f"{label}: run.sh still running after {RUN_TIMEOUT_S} s; log {log_path}") from None
+        finally:
+            if proc.poll() is None:
+                end_session(proc)
+    time.sleep(2.0)
+    try:
+        os.killpg(proc.pid, 0)
+    except ProcessLookupError:
+        pass  # nothing of the run is left
+    else:
+        end_session(proc)
+        raise AssertionError(f"{label}: processes of the run were left behind (ended now)")
     output = log_path.read_text(errors="replace")
     sys.stderr.write(f"\n[user pipeline] {label}: exit {proc.returncode} in {time.monotonic() - started:.1f} s\n")
     assert proc.returncode == 0, f"{label}: run.sh failed ({proc.returncode}); log {log_path}:\n{output[-12000:]}"
