@@ -196,7 +196,7 @@ def check_run(base: Path, expected_version: int, expected_hidden: int, broken: d
     summary = values[("infer", "inference_summary")]
     assert predictions == current_shardset(store, f"{store_root}/{DAG_ID}/infer/ds={DATE}")
     assert summary["precision_requested"] == summary["precision_used"] == "int8"
-    assert predictions.stats["precision_used"] == "int8"
+    assert predictions.stats["precision_used"] == "int8" and summary["gate"]["passed"]  # int8 vs f32 checked
     assert summary["model_weights_sha256"] == ref.weights_sha256
     assert predictions.num_rows == features.num_rows
     assert summary["accuracy"] >= 0.8, summary
