@@ -20,12 +20,12 @@ import numpy as np
 import pytest
 import torch
 
+from airflow_bigdata_ai.examples.sample_data import write_digits_shardset
 from airflow_bigdata_ai.models.loading import load_model
 from airflow_bigdata_ai.shards import ModelRef, ShardSet, decode_tensors, open_store, read_table
 from airflow_bigdata_ai.train import RunKey, TrainConfig, checkpoint_uri, has_checkpoint, train
 from airflow_bigdata_ai.train.chaos import ExitOnceStep
 from airflow_bigdata_ai.train.loop import split_batch
-from airflow_bigdata_ai.examples.sample_data import write_digits_shardset
 from tests.integration.conftest import subprocess_env
 
 pytestmark = pytest.mark.integration
@@ -197,7 +197,8 @@ OPERATOR_DRIVER = textwrap.dedent(
             return open_store(root)
 
     op = RayTrainOperator(task_id="train", train_data=json.loads(shardset),
-                          model_factory="airflow_bigdata_ai.examples.models.digits:make_digits_cnn", **json.loads(settings))
+                          model_factory="airflow_bigdata_ai.examples.models.digits:make_digits_cnn",
+                          **json.loads(settings))
     op.__dict__["hook"] = Hook()
     ti = SimpleNamespace(dag_id="train_it", task_id="train", run_id=os.environ["RUN_ID"], try_number=1, map_index=-1,
                          xcom_push=lambda **kw: None, stats_tags={})
