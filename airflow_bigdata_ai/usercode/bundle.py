@@ -126,6 +126,15 @@ class _BundleLoader(importlib.abc.Loader):
         return self.module.source
 
 
+def _on_this_hosts_path(shipped: ShippedModule) -> bool:
+    """True where the module's own file is importable the ordinary way: on the host the bundle was made
+    (the task's, or a notebook's), whose files are the truth, edited or not. Elsewhere (an executor or a Ray
+    worker that cannot import the file) the bundle is the truth."""
+    if not shipped.source or not os.path.isfile(shipped.origin):
+        return False
+    return _find_spec(shipped.name) is not None
+
+
 class _BundleFinder(importlib.abc.MetaPathFinder):
     """First on ``sys.meta_path``: serves the active bundles' modules before anything installed."""
 
@@ -137,7 +146,7 @@ class _BundleFinder(importlib.abc.MetaPathFinder):
         self, fullname: str, path: Sequence[str] | None = None, target: types.ModuleType | None = None
     ) -> importlib.machinery.ModuleSpec | None:
         shipped = self.modules.get(fullname)
-        if shipped is None:
+        if shipped is None or _on_this_hosts_path(shipped):
             return None
         spec = importlib.util.spec_from_loader(
             fullname, _BundleLoader(shipped), origin=shipped.origin, is_package=shipped.is_package

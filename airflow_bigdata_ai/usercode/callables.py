@@ -45,6 +45,14 @@ def import_callable(path: str, bundle: CodeBundle | None = None) -> Callable[...
     return target  # type: ignore[no-any-return]
 
 
+def _attribute(module: Any, qualname: str) -> Any:
+    """``module.<qualname>`` if it resolves (the path form only fits what the path names: not instances)."""
+    target = module
+    for part in qualname.split("."):
+        target = getattr(target, part, None)
+    return target
+
+
 def _cloudpickle() -> Any:
     import cloudpickle
 
@@ -79,8 +87,7 @@ class UserCallable:
         name = f"{module_name}:{qualname}"
         module = sys.modules.get(module_name)
         bundle = bundle_for(target)
-        simple = "<" not in qualname and module is not None and getattr(module, qualname.split(".")[0], None)
-        if simple and module is not None and module_name != "__main__":
+        if module is not None and module_name != "__main__" and _attribute(module, qualname) is target:
             if not is_user_file(getattr(module, "__file__", None)) or importable_as_itself(module):
                 return cls(name=name, path=name, bundle=bundle)  # installed, or shipped in the bundle
         cloudpickle = _cloudpickle()

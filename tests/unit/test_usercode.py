@@ -141,3 +141,32 @@ def test_templated_strings_become_the_declared_types() -> None:
     assert coerce_kwargs(_transform, {"size": 64}) == {"size": 64}
     with pytest.raises(UserCodeError, match=r"parameter 'size'.*expects int, got 'big'"):
         coerce_kwargs(_transform, {"size": "big"})
+
+
+def test_callable_instance_travels_as_itself_not_as_its_class(dags: Path) -> None:
+    _write(
+        dags,
+        "user_mod.py",
+        """
+        class Scale:
+            def __init__(self, factor):
+                self.factor = factor
+
+            def __call__(self, x):
+                return int(x) * self.factor
+        """,
+    )
+    import user_mod
+
+    job = UserCallable.of(user_mod.Scale(5))
+    assert job.path is None and "user_mod" in job.bundle.names
+    assert _run_elsewhere(job, "4") == "20"
+
+
+def test_on_the_task_host_an_edited_file_wins_over_a_copy_shipped_earlier(dags: Path) -> None:
+    path = _write(dags, "user_mod.py", "VALUE = 1\n\ndef value():\n    return VALUE\n")
+    assert UserCallable.of("user_mod:value").load()() == 1  # a bundle with user_mod v1 is active in this process
+    path.write_text("VALUE = 2\n\ndef value():\n    return VALUE\n")
+    import user_mod
+
+    assert importlib.reload(user_mod).VALUE == 2  # a notebook reloading its edited module
