@@ -32,7 +32,8 @@ class OpenVINOInferOperator(SharedClusterOperator):
     :param max_accuracy_drop: allowed accuracy loss of bf16/int8 vs f32 on a held-out labelled sample, in points.
     :param on_accuracy_drop: ``"fail"`` (no retries: the same data fails the same way) or ``"fallback"`` to f32.
     :param num_workers: actors (Ray) or partitions (Spark); each compiles the model once.
-    :param output_uri: full output location; default ``<output_root>/<dag>/<task>/ds=<logical date>``.
+    :param output_uri: full output location; default ``<output_root>/<dag>/<task>/ds=<logical date>``
+        (``run=<run id>`` without a logical date).
     """
 
     template_fields: Sequence[str] = (

@@ -32,7 +32,8 @@ class SparkPreprocessOperator(SharedClusterOperator):
     :param transform_kwargs: keyword arguments for a user function (templated, e.g. ``{"size": "{{ params.size }}"}``;
         rendered strings are converted to the types the function's parameters declare).
     :param guards: ``{"max_pixels": ..., "channels": [...]}`` checked before decoding / before user code.
-    :param output_uri: full output location; default is ``<output_root>/<dag>/<task>/ds=<logical date>``.
+    :param output_uri: full output location; default is ``<output_root>/<dag>/<task>/ds=<logical date>``
+        (``run=<run id>`` for a run without a logical date).
     :param rows_per_shard: the most rows one shard holds (shards are cut evenly).
     :param parallelism: Spark tasks, one per core (default: the cores the shared cluster publishes). The
         shard count is rounded up to a multiple of it: pin it to keep checksums stable if the cluster grows.
