@@ -110,6 +110,7 @@ class RayTrainOperator(ResumableJobMixin, SharedClusterOperator):
             self.settings["train_step"] = train_step
         self._ref: ModelRef | None = None
         self._running = False
+        self._code: dict[str, str] | None = None  # the user code this attempt ships: {module: sha256[:16]}
 
     # -- helpers ------------------------------------------------------------------------------------------
     def train_config(self) -> TrainConfig:
@@ -152,8 +153,10 @@ class RayTrainOperator(ResumableJobMixin, SharedClusterOperator):
         try:
             config = self.train_config()
             factory = ship_model_factory(self._factory())
+            code = factory.bundle
             if config.train_step is not None:
-                ship_callable(config.train_step, "train_step")
+                code = code.merged(ship_callable(config.train_step, "train_step").bundle)
+            self._code = code.describe()  # a recorded result of other code is never reused
             if self.model_factory_callable is None:
                 self.model_factory = factory.name
             result = self.execute_resumable(context)
@@ -177,7 +180,8 @@ class RayTrainOperator(ResumableJobMixin, SharedClusterOperator):
 
         store, run = self._store(), self.run_key(context)
         result = read_result(store, run)
-        if result is not None and result.model_factory == self.model_factory:
+        same_code = self._code is None or result is None or result.code == self._code
+        if result is not None and result.model_factory == self.model_factory and same_code:
             same_data = (result.trained_on or {}).get("manifest_sha256") == ShardSet.coerce(
                 self.train_data
             ).manifest_sha256

@@ -115,7 +115,7 @@ class _Hook:
 def _operator(tmp_path: Any, **kwargs: Any) -> Any:
     from airflow_bigdata_ai.operators.train import RayTrainOperator
 
-    op = RayTrainOperator(task_id="train", train_data={}, **{"model_factory": FACTORY, **kwargs})
+    op = RayTrainOperator(task_id="train", **{"train_data": {}, "model_factory": FACTORY, **kwargs})
     op.__dict__["hook"] = _Hook(str(tmp_path))
     return op
 
@@ -178,3 +178,29 @@ def test_a_callable_factory_is_kept_out_of_templating(tmp_path: Any) -> None:
     op.render_template_fields({"params": {"c": "8"}})  # type: ignore[arg-type]
     assert op.model_factory_callable is make_digits_cnn and op.model_factory == FACTORY
     assert op.factory_kwargs == {"channels": "8"}
+
+
+def test_a_recorded_result_of_edited_code_is_not_reused(user_module: str, tmp_path: Any) -> None:
+    """With kept checkpoints, a cleared task whose model module changed trains again instead of reusing."""
+    import hashlib
+
+    from tests.unit.shard_helpers import write_shardset
+
+    store = open_store(str(tmp_path))
+    data = write_shardset(store, f"file://{tmp_path}/data")
+    op = _operator(tmp_path, model_factory=user_module, keep_checkpoints=True, train_data=data.to_dict())
+    run = op.run_key(_context())
+    weights = f"file://{tmp_path}/w.pt"
+    store.write_bytes(weights, b"w")
+    seen: list[str] = []
+    op.__dict__["execute_resumable"] = lambda context: seen.append(op.get_job_status({}, context)) or {}
+    op.execute(_context())  # records the code identity this attempt ships
+    current = dict(op._code or {})
+    assert current, "the user module must be part of the code identity"
+    for recorded, expected in (({k: "0" * 16 for k in current}, "NO_CHECKPOINT"), (current, "SUCCEEDED")):
+        ref = ModelRef(weights, hashlib.sha256(b"w").hexdigest(), user_module, [1, 8, 8], code=recorded,
+                       trained_on=data.to_dict())  # fmt: skip
+        store.write_bytes(checkpoint_uri(store, run).join("result.json"), ref.to_json().encode())
+        seen.clear()
+        op.execute(_context())
+        assert seen == [expected]
