@@ -24,18 +24,38 @@ ROUTED_LOGGER = "airflow_bigdata_ai.ray"
 MAX_MESSAGE = 1000
 
 
+EXPECTED_WARNINGS = {
+    # Ray worker nodes of the shared cluster scale up from zero on demand (~10 s): the normal path, not a hang
+    "The Ray cluster currently does not have any available CPUs": logging.INFO,
+    # the provider turns Ray Data's progress bars off on purpose (they are terminal art in a task log)
+    "Progress bars disabled": logging.DEBUG,
+}
+"""Ray warnings that are the normal path on an autoscaling shared cluster, and the level they get instead."""
+
+
+def routed_level(record: logging.LogRecord, message: str) -> int:
+    """WARNING and above keep their level (but for :data:`EXPECTED_WARNINGS`); Ray's INFO chatter is DEBUG."""
+    if record.levelno < logging.WARNING:
+        return logging.DEBUG
+    if record.levelno == logging.WARNING:
+        for text, level in EXPECTED_WARNINGS.items():
+            if text in message:
+                return level
+    return record.levelno
+
+
 class RayLogRouter(logging.Handler):
     """Re-emits a Ray record through :data:`ROUTED_LOGGER`: demoted to DEBUG below WARNING, long text cut."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        level = record.levelno if record.levelno >= logging.WARNING else logging.DEBUG
-        target = logging.getLogger(ROUTED_LOGGER)
-        if not target.isEnabledFor(level):
-            return
         try:
             message = record.getMessage()
         except Exception:  # a Ray record with bad args: still say something
             message = str(record.msg)
+        level = routed_level(record, message)
+        target = logging.getLogger(ROUTED_LOGGER)
+        if not target.isEnabledFor(level):
+            return
         if len(message) > MAX_MESSAGE:
             cut = len(message) - MAX_MESSAGE
             message = f"{message[:MAX_MESSAGE]} ... [{cut} more characters; full text in Ray's log files]"

@@ -76,3 +76,17 @@ def test_router_is_a_logging_handler() -> None:
     from airflow_bigdata_ai.cluster.ray_driver import RayLogRouter
 
     assert isinstance(RayLogRouter(), logging.Handler)
+
+
+def test_warnings_that_are_the_normal_path_of_an_autoscaling_cluster_are_not_warnings() -> None:
+    from airflow_bigdata_ai.cluster.ray_driver import routed_level
+
+    def record(level: int, message: str) -> logging.LogRecord:
+        return logging.makeLogRecord({"name": "ray.data.dataset", "levelno": level, "msg": message})
+
+    scaling = "Warning: The Ray cluster currently does not have any available CPUs. The Dataset job will hang unless"
+    assert routed_level(record(logging.WARNING, scaling), scaling) == logging.INFO
+    bars = "Progress bars disabled. To enable, set `ray.data.DataContext.get_current().enable_progress_bars = True`."
+    assert routed_level(record(logging.WARNING, bars), bars) == logging.DEBUG
+    assert routed_level(record(logging.WARNING, "a real warning"), "a real warning") == logging.WARNING
+    assert routed_level(record(logging.ERROR, scaling), scaling) == logging.ERROR  # an error stays an error
