@@ -1,15 +1,7 @@
-"""Ship the user's own code to every Spark executor and Ray worker, and keep it current.
+"""Code bundles: find the user modules a job needs on the task's host, and serve them on any worker.
 
-Executors and Ray workers import only what is installed on them. A transform ``"my_module:prepare"`` or a
-model factory in a module beside the DAG lives on the task's host alone. A :class:`CodeBundle` carries the
-source of those modules (found on the task's host, content-hashed, a few KB) inside the job itself, and a
-meta-path finder serves it from memory wherever the job runs: no cluster restart, no files written, no
-``PYTHONPATH`` to set. A module whose content hash changed is imported afresh, so an edited module takes
-effect on the next run even in a reused Spark or Ray Python worker.
-
-Functions that have no importable module (defined in the DAG file itself, a notebook or ``__main__``)
-travel by value (cloudpickle); the user modules they import travel in the bundle beside them.
-Airflow-free: the operators map :class:`UserCodeError` to a failure that is not retried.
+The package docstring (``airflow_bigdata_ai.usercode``) says why; this module holds the bundle, its
+meta-path finder and the AST scan that collects a module's user imports.
 """
 
 from __future__ import annotations
