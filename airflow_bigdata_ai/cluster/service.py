@@ -80,18 +80,19 @@ def _is_loopback_master(master: str) -> bool:
 
 
 class _Py4JRetryFilter(logging.Filter):
-    """Drop py4j's note about a command it is about to resend, traceback included.
+    """Drop py4j's own "Exception while sending command." records, traceback included.
 
-    When the JVM has closed a pooled connection, py4j's ``GatewayClient.send_command`` logs
-    "Exception while sending command." with the Py4JNetworkError at INFO on the *root* logger and sends the
-    command again on a fresh connection (it happens at every start). A command that fails for good is
-    logged by py4j with ``logging.exception`` (ERROR) and raised: that record still passes.
+    When the JVM has closed a pooled connection, py4j's ``GatewayClient.send_command`` logs that message on
+    the *root* logger: at INFO when it resends the command on a fresh connection (at every start), and with
+    ``logging.exception`` when it does not resend (a reply lost to a reset connection; seen during Ray on
+    Spark's start, which went on unharmed). In the second case py4j also hands the caller an error reply,
+    which becomes a ``Py4JError`` where the call was made: the failure is reported there, once, by the code
+    that knows what it was doing, so py4j's record is noise in both cases.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not (
-            record.levelno < logging.WARNING
-            and record.msg == "Exception while sending command."
+            record.msg == "Exception while sending command."
             and os.path.basename(os.path.dirname(record.pathname)) == "py4j"
         )
 
@@ -265,6 +266,10 @@ def serve(state_dir: str, cluster_id: str) -> int:
     log.info("Spark %s up in %.1f s; Spark Connect on %s:%s", spark.version, t_spark, LOOPBACK, connect_port)
 
     from ray.util.spark import setup_ray_cluster, shutdown_ray_cluster
+
+    from airflow_bigdata_ai.cluster.ray_startup import poll_for_the_head_instead_of_sleeping
+
+    poll_for_the_head_instead_of_sleeping()
 
     max_workers = config.ray_max_worker_nodes
     if max_workers is None:

@@ -245,13 +245,15 @@ def _record(level: int, msg: str, pathname: str) -> logging.LogRecord:
     return logging.LogRecord("root", level, pathname, 1040, msg, None, None)
 
 
-def test_py4j_retry_note_is_dropped_but_real_py4j_errors_pass():
+def test_py4j_send_notes_are_dropped_but_other_records_pass():
     import py4j.java_gateway
 
     gateway = py4j.java_gateway.__file__
     keep = _Py4JRetryFilter().filter
     assert not keep(_record(logging.INFO, "Exception while sending command.", gateway))  # resent, then fine
-    assert keep(_record(logging.ERROR, "Exception while sending command.", gateway))  # failed for good
+    # not resent (a reply lost to a reset connection): the caller gets a Py4JError, py4j's record is noise
+    assert not keep(_record(logging.ERROR, "Exception while sending command.", gateway))
+    assert keep(_record(logging.ERROR, "Exception while sending command.", "/srv/mine/app.py"))
     assert keep(_record(logging.INFO, "Exception while sending command.", "/srv/mine/app.py"))
     assert keep(_record(logging.INFO, "something else", gateway))
 
@@ -268,4 +270,4 @@ def test_service_logging_drops_py4j_retry_traceback():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.count("Exception while sending command.") == 1 and "ERROR" in out.stdout
+    assert "Exception while sending command." not in out.stdout and "Traceback" not in out.stdout, out.stdout
