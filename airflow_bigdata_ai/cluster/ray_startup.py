@@ -47,5 +47,5 @@ def poll_for_the_head_instead_of_sleeping(deadline_s: float = HEAD_PORT_DEADLINE
     if not hasattr(check, "polls"):
         cluster_init.is_port_in_use = _polling(check, deadline_s)
     cluster_init._RAY_HEAD_STARTUP_TIMEOUT = 0
-    cluster_init._RAY_CLUSTER_STARTUP_PROGRESS_CHECKING_INTERVAL = WORKER_PROGRESS_INTERVAL_S
+    cluster_init._RAY_CLUSTER_STARTUP_PROGRESS_CHECKING_INTERVAL = WORKER_PROGRESS_INTERVAL_S  # type: ignore[assignment]
     return True
