@@ -198,16 +198,28 @@ RAY_NO_TOKEN = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize("token_env", [{}, {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "not-the-token-" + "x" * 32}])
-def test_unauthenticated_ray_client_refused(shared_cluster, token_env):
-    proc = subprocess.run(
-        [sys.executable, "-c", RAY_NO_TOKEN, shared_cluster.endpoint.ray_address],
-        capture_output=True,
-        text=True,
-        env=subprocess_env(**token_env),
-        timeout=180,
-    )
-    assert "REFUSED" in proc.stdout and "ACCEPTED" not in proc.stdout, proc.stdout + proc.stderr[-2000:]
+def test_unauthenticated_ray_client_refused(shared_cluster):
+    """No token, and a wrong one: both clients at once (each spends ~20 s in Ray's connection retries)."""
+    token_envs = [{}, {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "not-the-token-" + "x" * 32}]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", RAY_NO_TOKEN, shared_cluster.endpoint.ray_address],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=subprocess_env(**token_env),
+        )
+        for token_env in token_envs
+    ]
+    try:
+        for token_env, proc in zip(token_envs, procs, strict=True):
+            out, err = proc.communicate(timeout=180)
+            assert "REFUSED" in out and "ACCEPTED" not in out, (token_env.keys(), out + err[-2000:])
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
 
 
 SPARK_NO_TOKEN = textwrap.dedent(
