@@ -250,7 +250,7 @@ def bench_handoff(ctx: Ctx) -> dict[str, Any]:
 
     handle = attach(ClusterConfig(state_dir=ctx.state_dir, mode="remote"))
     handle.ray()
-    # Ray worker nodes autoscale down after 15 s idle and take tens of seconds to come back: hold both up
+    # Ray worker nodes autoscale down after 3 min idle and take tens of seconds to come back: hold both up
     # (a tiny memory reservation on each) so every variant is measured on the same warm nodes.
     from ray.util.placement_group import placement_group, remove_placement_group
 

@@ -79,7 +79,10 @@ class ClusterConfig:
     start_timeout_s: float = 600.0  # a cold start takes ~40 s on an idle 2-core box, minutes on a loaded one
     # Additions beyond the agreed API (defaults keep the agreed behaviour):
     ray_min_worker_nodes: int = 0
-    ray_autoscale_idle_timeout_minutes: float = 0.25
+    # Ray worker nodes stay up this long when idle. The embedded layout leaves Spark a task slot per executor
+    # even with every Ray node up, so a warm node costs memory, not Spark capacity; scaling back up cost each
+    # training or inference task 10-25 s (Ray on Spark starts one node per 10 s).
+    ray_autoscale_idle_timeout_minutes: float = 3.0
 
     def __post_init__(self) -> None:
         if self.mode not in ("embedded", "remote"):

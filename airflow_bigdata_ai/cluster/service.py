@@ -267,6 +267,7 @@ def serve(state_dir: str, cluster_id: str) -> int:
 
     from ray.util.spark import setup_ray_cluster, shutdown_ray_cluster
 
+    from airflow_bigdata_ai.cluster.admission import admission_queue
     from airflow_bigdata_ai.cluster.ray_startup import poll_for_the_head_instead_of_sleeping
 
     poll_for_the_head_instead_of_sleeping()
@@ -298,9 +299,18 @@ def serve(state_dir: str, cluster_id: str) -> int:
     dashboard_port = getattr(active, "ray_dashboard_port", None)
     t_ray = time.monotonic() - t0 - t_spark
     log.info("Ray on Spark up in %.1f s at %s (max %s worker nodes)", t_ray, ray_address, max_workers)
+    import ray
+
+    capacity = max_workers * config.ray_num_cpus_worker_node
+    ray.get(admission_queue(capacity).snapshot.remote(), timeout=config.start_timeout_s)
+    log.info(
+        "admission queue ready: jobs share %s CPUs (%s worker nodes x %s)",
+        capacity,
+        max_workers,
+        config.ray_num_cpus_worker_node,
+    )
 
     import pyspark
-    import ray
 
     ui = spark.sparkContext.uiWebUrl or ""
     endpoint = ClusterEndpoint(

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
+from airflow_bigdata_ai.cluster.admission import admitted
 from airflow_bigdata_ai.infer import ir as irmod
 from airflow_bigdata_ai.infer.errors import AccuracyGateFailed, InputShapeRejected
 from airflow_bigdata_ai.infer.jobs import ShardJob, output_schema, run_local, run_ray, run_spark, tensor_dtype
@@ -34,6 +35,8 @@ if TYPE_CHECKING:
     from airflow_bigdata_ai.shards.store import ShardStore
 
 log = logging.getLogger(__name__)
+# CPUs an inference on Ray holds beside its actors: the tasks that read and split the shard list
+RAY_DATA_CPUS = 1.0
 
 ENGINES = ("ray", "spark", "local")
 ON_ACCURACY_DROP = ("fail", "fallback")
@@ -57,6 +60,7 @@ class InferOptions:
     cpus_per_worker: float = 1.0
     threads_per_worker: int | None = None
     seed: int = 0
+    admission_timeout_s: float = 3600.0
 
     def validate(self) -> InferOptions:
         irmod.check_precision(self.precision)
@@ -268,7 +272,12 @@ def run_inference(
         elif opts.engine == "local":
             rows = run_local(job, items)
         elif opts.engine == "ray":
-            rows = run_ray(job, items, opts.num_workers, opts.cpus_per_worker)
+            actors = max(1, min(opts.num_workers, len(items)))
+            cpus = actors * opts.cpus_per_worker + RAY_DATA_CPUS
+            what = f"inference ({actors} actors x {opts.cpus_per_worker:g} CPUs + data {RAY_DATA_CPUS:g})"
+            label = f"{producer.dag_id}.{producer.task_id} {producer.run_id}" if producer else output_uri
+            with admitted(cpus, label, what, opts.admission_timeout_s, say):
+                rows = run_ray(job, items, actors, opts.cpus_per_worker, cpus)
         else:
             if spark is None:
                 raise ValueError("engine='spark' needs a SparkSession (Spark Connect)")

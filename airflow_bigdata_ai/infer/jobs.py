@@ -171,10 +171,12 @@ class _RayShardPredictor:
 
 
 def run_ray(
-    job: ShardJob, items: list[dict[str, Any]], num_workers: int, cpus_per_worker: float
+    job: ShardJob, items: list[dict[str, Any]], num_workers: int, cpus_per_worker: float, cpu_limit: float
 ) -> list[dict[str, Any]]:
-    """Ray Data ``map_batches`` over an actor pool; one batch is one shard, so memory stays per-shard."""
+    """Ray Data ``map_batches`` over an actor pool; one batch is one shard, so memory stays per-shard.
+    ``cpu_limit`` caps the whole dataset (actors and input tasks) at the CPUs the job was admitted with."""
     import ray.data
+    from ray.data import ExecutionResources
 
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
@@ -188,6 +190,7 @@ def run_ray(
         compute=ray.data.ActorPoolStrategy(size=size),
         num_cpus=cpus_per_worker,
     )
+    predicted.context.execution_options.resource_limits = ExecutionResources(cpu=cpu_limit)
     return [dict(row) for row in predicted.take_all()]
 
 

@@ -89,6 +89,7 @@ class OpenVINOInferOperator(SharedClusterOperator):
         self._ray_attached = False
 
     def execute(self, context: Context) -> dict[str, Any]:
+        from airflow_bigdata_ai.cluster.admission import AdmissionRefused
         from airflow_bigdata_ai.infer import InferenceError, InferOptions, run_inference
         from airflow_bigdata_ai.shards import ChecksumMismatch, InvalidReference, ModelRef, ShardSet
         from airflow_bigdata_ai.usercode import UserCodeError
@@ -148,8 +149,9 @@ class OpenVINOInferOperator(SharedClusterOperator):
                 tag=self._tag,
                 log_fn=self.log.info,
             )
-        except (InferenceError, ChecksumMismatch, UserCodeError) as exc:
-            # deterministic (a gate, shapes, weights that do not fit, a missing module or bad factory kwargs)
+        except (InferenceError, ChecksumMismatch, UserCodeError, AdmissionRefused) as exc:
+            # deterministic (a gate, shapes, weights that do not fit, a missing module or bad factory kwargs,
+            # more CPUs than the cluster can ever give)
             raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
         finally:
             self._spark = None

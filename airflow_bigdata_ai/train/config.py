@@ -21,6 +21,9 @@ class TrainConfig:
     forward/backward/step for one batch; see :class:`airflow_bigdata_ai.train.loop.StepContext`.
     ``cache_data`` materialises the decoded shards in the Ray object store once instead of re-reading the
     Parquet files every epoch; ``None`` means "when the ShardSet is under 512 MiB".
+    ``data_cpus`` are the CPUs this training's Ray Data reading may use beside its workers; the job waits
+    in the shared cluster's admission queue (at most ``admission_timeout_s``) until the workers' CPUs plus
+    these are free (:mod:`airflow_bigdata_ai.cluster.admission`).
     """
 
     epochs: int = 5
@@ -42,6 +45,8 @@ class TrainConfig:
     train_step: Any = None
     checkpoint_every: int = 1
     cache_data: bool | None = None
+    data_cpus: float = 1.0
+    admission_timeout_s: float = 3600.0
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -60,6 +65,10 @@ class TrainConfig:
             raise ValueError("val_fraction must be in [0, 1)")
         if self.max_failures < -1:
             raise ValueError("max_failures must be >= -1 (-1 = unlimited)")
+        if not self.data_cpus > 0:
+            raise ValueError("data_cpus must be > 0 (Ray Data needs a CPU to read the shards)")
+        if not self.admission_timeout_s > 0:
+            raise ValueError("admission_timeout_s must be > 0")
         if self.checkpoint_every < 1:
             raise ValueError("checkpoint_every must be >= 1")
         if self.train_step is not None and not (isinstance(self.train_step, str) or callable(self.train_step)):
@@ -73,13 +82,17 @@ class TrainConfig:
             raise ValueError(f"unknown training settings {sorted(unknown)}; known: {sorted(known)}")
         return cls(**data)
 
+    def cpus_needed(self) -> float:
+        """What this training holds on the cluster: its workers' CPUs plus its data reading's."""
+        return self.num_workers * float(self.resources_per_worker.get("CPU", 1.0)) + self.data_cpus
+
     def fingerprint(self) -> str:
         """Digest of everything that changes the result: a checkpoint from other settings is never resumed.
 
         ``epochs`` and ``max_failures`` are left out, so a retry that only asks for more epochs still resumes.
         """
         data = asdict(self)
-        for volatile in ("epochs", "max_failures", "cache_data"):
+        for volatile in ("epochs", "max_failures", "cache_data", "data_cpus", "admission_timeout_s"):
             data.pop(volatile)
         step = data.pop("train_step")
         data["train_step"] = step if isinstance(step, str) or step is None else _callable_name(step)

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from airflow_bigdata_ai.cluster.admission import admitted
 from airflow_bigdata_ai.models.loading import factory_call_kwargs
 from airflow_bigdata_ai.shards.dataset import load_manifest, output_uri
 from airflow_bigdata_ai.shards.paths import StoreURI
@@ -204,8 +205,6 @@ def train(
     configured, ``ValueError`` for data that does not fit the settings, both before any Ray work starts.
     """
     import ray
-    import ray.train
-    from ray.train.torch import TorchConfig
 
     if not ray.is_initialized():
         raise RuntimeError("connect to the cluster first (AttachedCluster.ray() or ray.init(address=...))")
@@ -227,11 +226,7 @@ def train(
     if val_set is None and config.val_fraction > 0 and config.id_column not in schema.names:
         raise ValueError(f"val_fraction needs an id column {config.id_column!r} (or pass validation_data)")
     train_ds, val_ds = datasets_for(store, shardset, val_set, config)
-
     cache = config.cache_data if config.cache_data is not None else shardset.total_bytes < CACHE_LIMIT_BYTES
-    if cache:  # executed on the cluster; this process holds only block references
-        train_ds = train_ds.materialize()
-        val_ds = val_ds.materialize() if val_ds is not None else None
 
     fingerprint = (
         f"{config.fingerprint()}-{shardset.manifest_sha256[:12]}-{factory.name}-{_digest(kwargs)}-{code.digest[:12]}"
@@ -254,24 +249,6 @@ def train(
         has_val=val_ds is not None,
         step=step,
     )
-    datasets = {"train": train_ds} | ({"val": val_ds} if val_ds is not None else {})
-    trainer = _make_trainer(
-        train_loop,
-        train_loop_config={"spec": spec},
-        torch_config=TorchConfig(backend="gloo"),
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=config.num_workers, use_gpu=False, resources_per_worker=dict(config.resources_per_worker)
-        ),
-        run_config=ray.train.RunConfig(
-            name=RAY_RUN_NAME,
-            storage_path=store.arrow_path(base),
-            storage_filesystem=store.arrow_filesystem(),
-            failure_config=ray.train.FailureConfig(max_failures=config.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-        ),
-        datasets=datasets,
-        dataset_config=ingest_config(),
-    )
     log.info(
         "training %s%s on %s (%d rows, %d shards) with %d workers; %s",
         factory.name,
@@ -282,14 +259,23 @@ def train(
         config.num_workers,
         "resuming from the last checkpoint" if resumable else "no checkpoint to resume",
     )
+    cpus = config.cpus_needed()
+    per_worker = float(config.resources_per_worker.get("CPU", 1.0))
+    what = f"training ({config.num_workers} workers x {per_worker:g} CPUs + data {config.data_cpus:g})"
     started = time.perf_counter()
-    with _EventWatcher(store, events, config.epochs, progress) as watcher:
-        try:
-            result = trainer.fit()
-        except Exception as exc:
-            raise TrainingFailed(f"Ray Train failed for run {run.run_id}: {exc}") from exc
-        finally:
-            _ACTIVE_CONTROLLERS.clear()
+    with admitted(cpus, f"{run.dag_id}.{run.task_id} {run.run_id}", what, config.admission_timeout_s, log.info):
+        if cache:  # executed on the cluster; this process holds only block references
+            train_ds = train_ds.materialize()
+            val_ds = val_ds.materialize() if val_ds is not None else None
+        datasets = {"train": train_ds} | ({"val": val_ds} if val_ds is not None else {})
+        trainer = _trainer(spec, store, base, datasets)
+        with _EventWatcher(store, events, config.epochs, progress) as watcher:
+            try:
+                result = trainer.fit()
+            except Exception as exc:
+                raise TrainingFailed(f"Ray Train failed for run {run.run_id}: {exc}") from exc
+            finally:
+                _ACTIVE_CONTROLLERS.clear()
     if getattr(result, "error", None) is not None:
         raise TrainingFailed(f"Ray Train failed for run {run.run_id}: {result.error}")
     metrics = dict(result.metrics or {})
@@ -328,6 +314,30 @@ def train(
     store.write_bytes(base.join("result.json"), ref.to_json().encode())
     store.delete_prefix(base.join(RAY_RUN_NAME))  # done: a cleared task trains afresh
     return ref
+
+
+def _trainer(spec: LoopSpec, store: ShardStore, base: StoreURI, datasets: dict[str, Any]) -> Any:
+    import ray.train
+    from ray.train.torch import TorchConfig
+
+    config = spec.config
+    return _make_trainer(
+        train_loop,
+        train_loop_config={"spec": spec},
+        torch_config=TorchConfig(backend="gloo"),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=config.num_workers, use_gpu=False, resources_per_worker=dict(config.resources_per_worker)
+        ),
+        run_config=ray.train.RunConfig(
+            name=RAY_RUN_NAME,
+            storage_path=store.arrow_path(base),
+            storage_filesystem=store.arrow_filesystem(),
+            failure_config=ray.train.FailureConfig(max_failures=config.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+        ),
+        datasets=datasets,
+        dataset_config=ingest_config(config.data_cpus),
+    )
 
 
 _ACTIVE_CONTROLLERS: list[Any] = []

@@ -34,10 +34,14 @@ def _read_tasks(shardset: ShardSet) -> int:
     return max(1, min(shardset.num_shards, MAX_READ_TASKS))
 
 
-def _ordered(ds: Any) -> Any:
-    """Keep block order: the equal split to the workers and their seeded shuffles then see the same rows."""
+def _ordered(ds: Any, data_cpus: float) -> Any:
+    """Keep block order: the equal split to the workers and their seeded shuffles then see the same rows.
+    Reading is capped at the CPUs the job was admitted with, so it never takes another job's CPUs."""
+    from ray.data import ExecutionResources
+
     ds.context.execution_options.preserve_order = True
     ds.context.execution_options.verbose_progress = False
+    ds.context.execution_options.resource_limits = ExecutionResources(cpu=data_cpus)
     return ds
 
 
@@ -48,7 +52,7 @@ def datasets_for(
     columns = [config.feature_column, config.label_column]
 
     def read(ref: ShardSet, cols: list[str]) -> Any:
-        return _ordered(read_ray_dataset(store, ref, cols, read_tasks=_read_tasks(ref)))
+        return _ordered(read_ray_dataset(store, ref, cols, read_tasks=_read_tasks(ref)), config.data_cpus)
 
     if val_set is not None:
         return read(shardset, columns), read(val_set, columns)
@@ -58,19 +62,21 @@ def datasets_for(
     split = partial(split_batch, id_column=config.id_column, fraction=config.val_fraction)
     train_ds = full.map_batches(partial(split, want_val=False), batch_format="pyarrow", batch_size=None)
     val_ds = full.map_batches(partial(split, want_val=True), batch_format="pyarrow", batch_size=None)
-    return _ordered(train_ds), _ordered(val_ds)
+    return _ordered(train_ds, config.data_cpus), _ordered(val_ds, config.data_cpus)
 
 
-def ingest_config() -> Any:
+def ingest_config(data_cpus: float) -> Any:
     """Ray Train's per-worker split keeps block order and ignores locality (which node ran a read task
-    varies from run to run, and with locality hints it decided which worker got a block)."""
+    varies from run to run, and with locality hints it decided which worker got a block). Its reading is
+    capped at ``data_cpus``: Ray Train leaves only its own workers out of Ray Data's budget, so without a cap
+    concurrent trainings each took the CPUs the others' reading needed."""
     import ray.train
-    from ray.data import DataContext, ExecutionOptions
+    from ray.data import ExecutionOptions, ExecutionResources
 
     # built here rather than from DataConfig.default_ingest_options(), which passes the deprecated
     # exclude_resources and so prints a RayDeprecationWarning into every task log
     options = ExecutionOptions(
-        resource_limits=DataContext.get_current().execution_options.resource_limits,
+        resource_limits=ExecutionResources(cpu=data_cpus),
         preserve_order=True,
         verbose_progress=False,
     )
