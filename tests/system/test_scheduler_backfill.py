@@ -1,4 +1,5 @@
-"""The real scheduler runs the example DAG: a REST-triggered run, a 2-day backfill, and a cleared date.
+"""The real scheduler runs the example DAG: a REST-triggered run, a 2-day backfill (both dates at once), and a
+cleared date.
 
 The backfill is created with ``POST /api/v2/backfills`` (what the UI's Backfill button calls). Each date
 gets its own output partition; clearing one date reruns it and atomically replaces only its outputs;
@@ -55,7 +56,7 @@ def test_trigger_backfill_and_clear_through_the_api(example_airflow):
             "dag_id": DAG_ID,
             "from_date": "2026-11-01T00:00:00Z",
             "to_date": "2026-11-02T00:00:00Z",
-            "max_active_runs": 1,
+            "max_active_runs": 2,  # both dates at once: the cluster's admission queue orders their trainings
             "reprocess_behavior": "none",
         },
     )
