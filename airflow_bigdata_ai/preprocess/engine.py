@@ -32,6 +32,7 @@ from airflow_bigdata_ai.preprocess.process import SUMMARY_DDL, SUMMARY_SCHEMA, S
 from airflow_bigdata_ai.preprocess.sources import units_by_shard
 from airflow_bigdata_ai.shards.dataset import ATTEMPTS, encode_parquet
 from airflow_bigdata_ai.shards.paths import StoreURI
+from airflow_bigdata_ai.shards.store import is_temporary
 from airflow_bigdata_ai.usercode import UserCodeError
 
 if TYPE_CHECKING:
@@ -239,7 +240,8 @@ def _poll_progress(
     prefix = progress_prefix(job)
     while not stop.wait(interval_s):
         try:
-            files = [json.loads(job.writer.store.read_bytes(uri)) for uri in job.writer.store.list(prefix)]
+            uris = [uri for uri in job.writer.store.list(prefix) if not is_temporary(uri)]
+            files = [json.loads(job.writer.store.read_bytes(uri)) for uri in uris]
         except Exception:  # a file replaced or removed while read: the next poll sees it
             log.debug("progress poll failed", exc_info=True)
             continue

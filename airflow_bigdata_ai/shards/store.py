@@ -40,6 +40,16 @@ class S3Options:
         return {k: v for k, v in self.__dict__.items() if v}
 
 
+TEMP_PREFIX = ".tmp-"
+
+
+def is_temporary(uri: StoreURI) -> bool:
+    """An object still being written (a local store's temp file before its rename): listings include it so
+    that cleanup removes a crashed writer's leftovers, but a reader must skip it (its bytes would be read
+    again under the final name)."""
+    return uri.name.startswith(TEMP_PREFIX)
+
+
 class ShardStore:
     """Root-confined byte store. Subclasses implement the primitives for one scheme."""
 
@@ -115,7 +125,7 @@ class LocalStore(ShardStore):
     def _temp_beside(self, path: str) -> Iterator[tuple[BinaryIO, str]]:
         """A temporary file next to ``path``, flushed and fsynced when the block ends; removed if it fails."""
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(path))
+        fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=os.path.dirname(path))
         try:
             with os.fdopen(fd, "wb") as handle:
                 yield handle, tmp

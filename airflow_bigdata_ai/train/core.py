@@ -31,6 +31,7 @@ from airflow_bigdata_ai.models.loading import factory_call_kwargs
 from airflow_bigdata_ai.shards.dataset import load_manifest, output_uri
 from airflow_bigdata_ai.shards.paths import StoreURI
 from airflow_bigdata_ai.shards.refs import ModelRef, Producer, ShardSet
+from airflow_bigdata_ai.shards.store import is_temporary
 from airflow_bigdata_ai.shards.tensors import tensor_spec
 from airflow_bigdata_ai.train.config import EpochProgress, RunKey, TrainConfig
 from airflow_bigdata_ai.train.ingest import datasets_for, ingest_config
@@ -116,7 +117,7 @@ class _EventWatcher:
 
     def poll(self) -> None:
         for uri in self.store.list(self.events):
-            if uri.name in self.seen:
+            if uri.name in self.seen or is_temporary(uri):
                 continue
             self.seen.add(uri.name)
             event = json.loads(self.store.read_bytes(uri))

@@ -202,3 +202,25 @@ def test_each_worker_uses_as_many_threads_as_the_cpus_ray_reserved_for_it():
     assert worker_threads(TrainConfig()) == 1
     assert worker_threads(TrainConfig(num_workers=1, resources_per_worker={"CPU": 2.0})) == 2
     assert worker_threads(TrainConfig(resources_per_worker={"CPU": 0.5})) == 1
+
+
+def test_progress_watcher_reports_each_epoch_once_even_while_its_file_is_being_written(tmp_path: Any) -> None:
+    """A local store writes ``.tmp-*`` then renames: a listing in between showed the epoch twice in the log."""
+    import json
+    import time
+
+    from airflow_bigdata_ai.train.core import _EventWatcher
+
+    store = open_store(str(tmp_path))
+    events = store.resolve(f"{tmp_path}/events")
+    body = {"type": "epoch", "time": time.time(), "epoch": 0, "train_loss": 1.0, "val_loss": 1.0}
+    body |= {"val_accuracy": 0.5, "samples_per_s": 10.0, "epoch_seconds": 1.0}
+    os.makedirs(events.path)
+    with open(os.path.join(events.path, ".tmp-abc123"), "w") as handle:  # written, not yet renamed
+        json.dump(body, handle)
+    seen: list[Any] = []
+    watcher = _EventWatcher(store, events, 2, seen.append)
+    watcher.poll()
+    os.rename(os.path.join(events.path, ".tmp-abc123"), os.path.join(events.path, "0001-abcdef.json"))
+    watcher.poll()
+    assert [line.epoch for line in seen] == [0]
