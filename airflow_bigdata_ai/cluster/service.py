@@ -290,9 +290,6 @@ def serve(state_dir: str, cluster_id: str) -> int:
         autoscale_idle_timeout_minutes=config.ray_autoscale_idle_timeout_minutes,
         ray_temp_root_dir=ray_temp_root,
     )
-    # Our handlers replace Ray-on-Spark's (which would only shut Ray down and re-raise).
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGINT, _on_signal)
     import ray.util.spark.cluster_init as cluster_init
 
     active = cluster_init._active_ray_cluster
@@ -309,6 +306,11 @@ def serve(state_dir: str, cluster_id: str) -> int:
         max_workers,
         config.ray_num_cpus_worker_node,
     )
+    # Our handlers replace Ray's (which would only shut Ray down and re-raise). Installed after the last Ray
+    # call of the start: creating the queue's actor put Ray's SIGTERM handler back, and a stop then skipped
+    # our cleanup and its log line.
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
 
     import pyspark
 
