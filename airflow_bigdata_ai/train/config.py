@@ -84,7 +84,14 @@ class TrainConfig:
 
     def cpus_needed(self) -> float:
         """What this training holds on the cluster: its workers' CPUs plus its data reading's."""
-        return self.num_workers * float(self.resources_per_worker.get("CPU", 1.0)) + self.data_cpus
+        return self.num_workers * self._cpus_per_worker() + self.data_cpus
+
+    def describe_need(self) -> str:
+        """The need in words, for the admission queue's log lines."""
+        return f"training ({self.num_workers} workers x {self._cpus_per_worker():g} CPUs + data {self.data_cpus:g})"
+
+    def _cpus_per_worker(self) -> float:
+        return float(self.resources_per_worker.get("CPU", 1.0))
 
     def fingerprint(self) -> str:
         """Digest of everything that changes the result: a checkpoint from other settings is never resumed.

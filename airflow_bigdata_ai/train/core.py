@@ -260,11 +260,9 @@ def train(
         config.num_workers,
         "resuming from the last checkpoint" if resumable else "no checkpoint to resume",
     )
-    cpus = config.cpus_needed()
-    per_worker = float(config.resources_per_worker.get("CPU", 1.0))
-    what = f"training ({config.num_workers} workers x {per_worker:g} CPUs + data {config.data_cpus:g})"
     started = time.perf_counter()
-    with admitted(cpus, f"{run.dag_id}.{run.task_id} {run.run_id}", what, config.admission_timeout_s, log.info):
+    label = f"{run.dag_id}.{run.task_id} {run.run_id}"
+    with admitted(config.cpus_needed(), label, config.describe_need(), config.admission_timeout_s, log.info):
         if cache:  # executed on the cluster; this process holds only block references
             train_ds = train_ds.materialize()
             val_ds = val_ds.materialize() if val_ds is not None else None

@@ -19,7 +19,7 @@ class Clock:
 def test_three_trainings_on_four_cpus_run_one_at_a_time_in_arrival_order():
     queue = AdmissionQueue(4, lease_s=60, clock=Clock())
     need = TrainConfig().cpus_needed()  # 2 workers x 1 CPU + 1 for Ray Data
-    assert need == 3
+    assert need == 3 and TrainConfig().describe_need() == "training (2 workers x 1 CPUs + data 1)"
     states = [queue.request(f"t{i}", need, f"dag.train run{i}")["state"] for i in range(3)]
     assert states == ["granted", "waiting", "waiting"]
     assert queue.poll("t2")["ahead"] == 1 and queue.poll("t1")["ahead"] == 0
