@@ -1,13 +1,17 @@
 """Guarded image decoding and the built-in transforms.
 
 Decoding is where corrupt data shows up, so every failure is mapped to a stable reason code here.
-Decompression bombs are rejected from the header (``Image.open`` is lazy) before any pixel is decoded.
+Decompression bombs are rejected from the header (``Image.open`` is lazy) before any pixel is decoded,
+against :attr:`ImageGuards.max_pixels` alone: Pillow's own ``Image.MAX_IMAGE_PIXELS`` is a process-wide
+global (other libraries change it or set it to ``None``) and only *warns* between 1x and 2x its limit, so
+a 144-megapixel PNG of ~140 KB would otherwise be decoded into ~430 MB of RGB.
 The built-in pipeline is plain data (a list of dicts), so it can be templated, logged and pickled.
 """
 
 from __future__ import annotations
 
 import io
+import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +29,8 @@ from airflow_bigdata_ai.preprocess.errors import (
 )
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+DEFAULT_MAX_PIXELS = 64_000_000
+"""64 megapixels (8000 x 8000): 192 MB decoded as RGB, far above any training image, far below a bomb."""
 _TRUNCATION_HINTS = ("truncat", "broken data stream", "unexpected end", "premature end")
 
 
@@ -32,12 +38,18 @@ _TRUNCATION_HINTS = ("truncat", "broken data stream", "unexpected end", "prematu
 class ImageGuards:
     """Limits checked on every image before it reaches user code.
 
-    ``max_pixels`` is checked from the header; ``channels`` lists the accepted band counts
+    ``max_pixels`` (default :data:`DEFAULT_MAX_PIXELS`, 64 megapixels) caps width x height, read from the
+    header before any pixel is decoded; it is the only cap (Pillow's global limit is not consulted), so a
+    deployment with larger legitimate images raises it here. ``channels`` lists the accepted band counts
     (``None`` accepts any), e.g. ``(1,)`` for a grayscale dataset.
     """
 
-    max_pixels: int = 64_000_000
+    max_pixels: int = DEFAULT_MAX_PIXELS
     channels: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.max_pixels, bool) or not isinstance(self.max_pixels, int) or self.max_pixels < 1:
+            raise ValueError(f"max_pixels must be a positive integer, got {self.max_pixels!r}")
 
     @classmethod
     def coerce(cls, value: ImageGuards | Mapping[str, Any] | None) -> ImageGuards:
@@ -46,6 +58,8 @@ class ImageGuards:
         if isinstance(value, ImageGuards):
             return value
         data = dict(value)
+        if isinstance(data.get("max_pixels"), str):  # a templated value renders as a string
+            data["max_pixels"] = int(data["max_pixels"].replace("_", ""))
         if data.get("channels") is not None:
             data["channels"] = tuple(int(c) for c in data["channels"])
         return cls(**data)
@@ -58,6 +72,32 @@ def _classify(exc: BaseException) -> str:
     return UNDECODABLE
 
 
+def _open_header(data: bytes) -> Image.Image:
+    """The lazy image (header read, no pixel decoded), whatever Pillow's global ``MAX_IMAGE_PIXELS`` says.
+
+    ``Image.open`` refuses above twice that global with a message that names neither the dimensions nor
+    our cap, and refuses images a deployment allowed with a larger ``max_pixels``; under
+    ``warnings.simplefilter("error")`` it raises its warning too. In those cases the header is read again
+    through the format's own plugin, which applies no limit, so :attr:`ImageGuards.max_pixels` decides.
+    """
+    try:
+        return Image.open(io.BytesIO(data))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        pass
+    Image.init()
+    prefix = data[:16]
+    for name in Image.ID:
+        factory, accept = Image.OPEN[name]
+        verdict = accept(prefix) if accept is not None else True
+        if not verdict or isinstance(verdict, str):  # a string is Pillow's "looks like it, but unsupported"
+            continue
+        try:
+            return factory(io.BytesIO(data), "")
+        except (SyntaxError, IndexError, TypeError, struct.error):
+            continue  # as Image.open does: not this format
+    raise UnidentifiedImageError("no plugin reads this header")
+
+
 def decode_image(data: bytes, guards: ImageGuards | None = None) -> Image.Image:
     """Decode ``data`` fully, or raise :class:`Quarantined` with a reason code. Never returns a lazy image."""
     guards = guards or ImageGuards()
@@ -66,18 +106,18 @@ def decode_image(data: bytes, guards: ImageGuards | None = None) -> Image.Image:
     if ImageFile.LOAD_TRUNCATED_IMAGES:  # a global some libraries flip; it would hide truncation
         raise RuntimeError("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is set: truncated images cannot be detected")
     try:
-        image = Image.open(io.BytesIO(data))
-    except Image.DecompressionBombError as exc:
-        raise Quarantined(DECOMPRESSION_BOMB, str(exc)) from None
+        image = _open_header(data)
     except UnidentifiedImageError as exc:
         raise Quarantined(UNDECODABLE, f"not a recognised image ({len(data)} bytes)") from exc
     except Exception as exc:
         raise Quarantined(_classify(exc), f"{type(exc).__name__}: {exc}") from None
-    width, height = image.size
+    width, height = image.size  # from the header: nothing is decoded yet
     if width <= 0 or height <= 0:
         raise Quarantined(UNDECODABLE, f"invalid size {width}x{height}")
     if width * height > guards.max_pixels:
-        raise Quarantined(DECOMPRESSION_BOMB, f"{width}x{height} exceeds max_pixels={guards.max_pixels}")
+        pixels = width * height
+        detail = f"{width}x{height} = {pixels} pixels exceeds max_pixels={guards.max_pixels} (from the header)"
+        raise Quarantined(DECOMPRESSION_BOMB, detail)
     if guards.channels is not None:
         bands = len(image.getbands())
         if bands not in guards.channels:
