@@ -34,25 +34,48 @@ class SetupRayOnSparkClusterOperator(SharedClusterOperator):
 
 
 class TeardownRayOnSparkClusterOperator(SharedClusterOperator):
-    """Stop the shared cluster and every process it started, unless ``keep_running`` is set.
+    """Stop the shared cluster and every process it started, unless ``keep_running`` is set or others use it.
 
-    ``keep_running=True`` lets the next DAG run reuse the warm cluster (the idle timeout still applies).
+    The cluster is shared: another DAG may be training or preprocessing on it. Before stopping, the task asks
+    the cluster who is working (jobs admitted to or queued for Ray, running Spark Connect jobs), waits up to
+    ``wait_for_other_jobs_s`` for them to finish, and if some are still there it leaves the cluster running
+    and says so (its idle timeout stops it later). The task then succeeds: a busy cluster is not an error.
+
+    :param keep_running: leave the cluster up for later runs (the idle timeout still applies); templated.
+    :param wait_for_other_jobs_s: how long to wait for other jobs before leaving the cluster running.
     """
 
     template_fields = ("keep_running",)
     operator_extra_links = ()  # it does not attach, so it records no cluster links
     ui_color = "#ffefe8"
 
-    def __init__(self, *, keep_running: bool | str = False, **kwargs: Any) -> None:
+    def __init__(
+        self, *, keep_running: bool | str = False, wait_for_other_jobs_s: float = 300.0, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.keep_running = keep_running
+        self.wait_for_other_jobs_s = wait_for_other_jobs_s
 
     def execute(self, context: Context) -> bool:
+        from airflow_bigdata_ai.cluster.usage import users_of, wait_until_unused
+
         keep = self.keep_running
         if isinstance(keep, str):
             keep = keep.strip().lower() in ("1", "true", "yes", "on")
         if keep:
             self.log.info("keep_running is set: the shared cluster stays up for later runs")
+            return False
+        config = self.hook.cluster_config()
+        others = wait_until_unused(lambda: users_of(config), self.wait_for_other_jobs_s, say=self.log.info)
+        if others:
+            self.log.warning(
+                "Not stopping the shared cluster: after waiting %.0f s it is still in use by %d job(s): %s. "
+                "It stops by itself once idle for its idle timeout (%.0f s).",
+                self.wait_for_other_jobs_s,
+                len(others),
+                "; ".join(others),
+                config.idle_timeout_s,
+            )
             return False
         stopped = self.hook.stop_cluster()
         self.log.info("Shared cluster %s", "stopped" if stopped else "was not running")
