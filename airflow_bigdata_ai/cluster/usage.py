@@ -63,7 +63,7 @@ def admitted_ray_jobs() -> list[str]:
         queue = ray.get_actor(QUEUE_NAME, namespace=NAMESPACE)
     except ValueError:  # never created: no job has run on Ray
         return []
-    snapshot: dict[str, Any] = ray.get(queue.snapshot.remote(), timeout=30)
+    snapshot: Any = ray.get(queue.snapshot.remote(), timeout=30)
     return [f"Ray job {label} (running)" for label in snapshot["granted"]] + [
         f"Ray job {label} (queued)" for label in snapshot["waiting"]
     ]
