@@ -11,7 +11,9 @@ import builtins
 import contextlib
 import io
 import os
+import random
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -28,16 +30,49 @@ BytesLike = bytes | bytearray | memoryview
 
 @dataclass(frozen=True)
 class S3Options:
-    """How to reach S3 (or an S3-compatible server). Empty fields fall back to boto3's own chain."""
+    """How to reach S3 (or an S3-compatible server). Empty credential fields fall back to boto3's own chain.
+
+    Retries and timeouts are settings because S3 throttles (``503 SlowDown``) and drops connections as a
+    matter of course, and because botocore's defaults (legacy mode, a 60 s read timeout) let one stalled
+    connection hold a task for minutes: ``max_attempts`` is the total number of tries of one request
+    (botocore's ``standard`` mode retries throttling, 5xx, connection errors and timeouts with jittered
+    backoff; :meth:`S3Store.read_bytes` also retries a body cut off mid-download, which botocore does not);
+    ``connect_timeout_s`` / ``read_timeout_s`` bound each try. Worst case for one object:
+    ``max_attempts * (connect_timeout_s + read_timeout_s)`` plus backoff, then :class:`S3Unavailable`.
+    """
 
     endpoint_url: str | None = None
     region_name: str | None = None
     aws_access_key_id: str | None = None
     aws_secret_access_key: str | None = field(default=None, repr=False)
     aws_session_token: str | None = field(default=None, repr=False)
+    max_attempts: int = 5
+    retry_mode: str = "standard"
+    connect_timeout_s: float = 10.0
+    read_timeout_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError(f"max_attempts must be >= 1, got {self.max_attempts}")
+        if self.retry_mode not in ("standard", "adaptive", "legacy"):
+            raise ValueError(f"retry_mode must be standard, adaptive or legacy, got {self.retry_mode!r}")
+        if self.connect_timeout_s <= 0 or self.read_timeout_s <= 0:
+            raise ValueError("connect_timeout_s and read_timeout_s must be > 0")
 
     def client_kwargs(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if v}
+        """Endpoint and credentials for ``boto3.client("s3", ...)`` (retries and timeouts: :meth:`client_config`)."""
+        names = ("endpoint_url", "region_name", "aws_access_key_id", "aws_secret_access_key", "aws_session_token")
+        return {name: getattr(self, name) for name in names if getattr(self, name)}
+
+    def client_config(self) -> Any:
+        """The botocore ``Config`` with this store's retry mode, attempts and timeouts."""
+        from botocore.config import Config
+
+        return Config(
+            retries={"mode": self.retry_mode, "total_max_attempts": self.max_attempts},
+            connect_timeout=self.connect_timeout_s,
+            read_timeout=self.read_timeout_s,
+        )
 
 
 TEMP_PREFIX = ".tmp-"
@@ -199,8 +234,44 @@ class LocalStore(ShardStore):
         return self.resolve(uri).path
 
 
+class S3Unavailable(ConnectionError):
+    """S3 kept failing with a transient error (throttling, 5xx, reset connections, timeouts) after every
+    attempt. Infrastructure, never bad data: it fails the task so that Spark and Airflow retry it."""
+
+
+_TRANSIENT_CODES = frozenset(
+    {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestTimeTooSkewed", "InternalError",
+     "ServiceUnavailable", "500", "502", "503", "504"}
+)  # fmt: skip
+
+
+def _transient(exc: BaseException) -> bool:
+    """Whether ``exc`` is S3 being unavailable (worth retrying later), not an answer about the object."""
+    from botocore.exceptions import (
+        ClientError,
+        ConnectionClosedError,
+        EndpointConnectionError,
+        IncompleteReadError,
+        ResponseStreamingError,
+    )
+    from botocore.exceptions import ConnectionError as BotoConnectionError
+    from botocore.exceptions import ReadTimeoutError as BotoReadTimeout
+
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        status = str(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
+        return error.get("Code") in _TRANSIENT_CODES or status.startswith("5")
+    streaming = (ResponseStreamingError, IncompleteReadError, ConnectionClosedError, EndpointConnectionError)
+    return isinstance(exc, (*streaming, BotoConnectionError, BotoReadTimeout, ConnectionError, TimeoutError))
+
+
 class S3Store(ShardStore):
-    """``s3://bucket/prefix`` store over boto3. Manifests use conditional puts (``If-None-Match: *``)."""
+    """``s3://bucket/prefix`` store over boto3. Manifests use conditional puts (``If-None-Match: *``).
+
+    Transient errors are retried (see :class:`S3Options`); when they persist, every operation raises
+    :class:`S3Unavailable` naming the operation, the object and the endpoint. Answers about the object
+    (``NoSuchKey``, ``AccessDenied``) are raised as botocore gives them.
+    """
 
     def __init__(self, root: str, options: S3Options | None = None) -> None:
         super().__init__(root)
@@ -217,24 +288,53 @@ class S3Store(ShardStore):
         if self._client is None:
             import boto3
 
-            self._client = boto3.client("s3", **self.options.client_kwargs())
+            self._client = boto3.client("s3", config=self.options.client_config(), **self.options.client_kwargs())
         return self._client
 
+    @contextlib.contextmanager
+    def _unavailable(self, operation: str, target: StoreURI) -> Iterator[None]:
+        """Turn a transient error that outlived botocore's retries into :class:`S3Unavailable`."""
+        try:
+            yield
+        except S3Unavailable:
+            raise
+        except Exception as exc:
+            if not _transient(exc):
+                raise
+            endpoint = self.options.endpoint_url or "the default AWS endpoint"
+            raise S3Unavailable(
+                f"S3 {operation} {target} at {endpoint} failed after {self.options.max_attempts} attempts "
+                f"({type(exc).__name__}: {exc})"
+            ) from exc
+
     def read_bytes(self, uri: str | StoreURI) -> bytes:
+        """The object's bytes. A body cut off mid-download (reset, timeout, short read) is fetched again:
+        botocore retries only until the response headers arrive."""
         target = self.resolve(uri)
-        response = self.client.get_object(Bucket=target.bucket, Key=target.path)
-        return bytes(response["Body"].read())
+        with self._unavailable("GET", target):
+            for attempt in range(1, self.options.max_attempts + 1):
+                response = self.client.get_object(Bucket=target.bucket, Key=target.path)
+                try:
+                    return bytes(response["Body"].read())
+                except Exception as exc:
+                    response["Body"].close()
+                    if attempt == self.options.max_attempts or not _transient(exc):
+                        raise
+                    time.sleep(min(2.0, 0.1 * 2**attempt) * random.random())  # jittered, as botocore's own
+        raise AssertionError("unreachable")
 
     def write_bytes(self, uri: str | StoreURI, data: BytesLike) -> None:
         target = self.resolve(uri)  # a single PUT is atomic on S3; botocore takes bytes, not views
-        self.client.put_object(Bucket=target.bucket, Key=target.path, Body=bytes(data))
+        with self._unavailable("PUT", target):
+            self.client.put_object(Bucket=target.bucket, Key=target.path, Body=bytes(data))
 
     def put_if_absent(self, uri: str | StoreURI, data: BytesLike) -> bool:
         from botocore.exceptions import ClientError
 
         target = self.resolve(uri)
         try:
-            self.client.put_object(Bucket=target.bucket, Key=target.path, Body=bytes(data), IfNoneMatch="*")
+            with self._unavailable("conditional PUT", target):
+                self.client.put_object(Bucket=target.bucket, Key=target.path, Body=bytes(data), IfNoneMatch="*")
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict"):
                 return False
@@ -246,7 +346,8 @@ class S3Store(ShardStore):
 
         target = self.resolve(uri)
         try:
-            self.client.head_object(Bucket=target.bucket, Key=target.path)
+            with self._unavailable("HEAD", target):
+                self.client.head_object(Bucket=target.bucket, Key=target.path)
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
                 return False
@@ -258,9 +359,10 @@ class S3Store(ShardStore):
         key_prefix = base.path.rstrip("/") + "/" if base.path else ""
         found: builtins.list[StoreURI] = []
         paginator = self.client.get_paginator("list_objects_v2")
-        for page in paginator.paginate(Bucket=base.bucket, Prefix=key_prefix):
-            for item in page.get("Contents", []):
-                found.append(StoreURI("s3", base.bucket, item["Key"]))
+        with self._unavailable("LIST", base):
+            for page in paginator.paginate(Bucket=base.bucket, Prefix=key_prefix):
+                for item in page.get("Contents", []):
+                    found.append(StoreURI("s3", base.bucket, item["Key"]))
         return sorted(found, key=lambda u: u.path)
 
     def delete(self, uris: builtins.list[StoreURI]) -> None:
@@ -268,9 +370,10 @@ class S3Store(ShardStore):
         for start in range(0, len(targets), 1000):
             batch = targets[start : start + 1000]
             if batch:
-                self.client.delete_objects(
-                    Bucket=batch[0].bucket, Delete={"Objects": [{"Key": t.path} for t in batch], "Quiet": True}
-                )
+                with self._unavailable("DELETE", batch[0]):
+                    self.client.delete_objects(
+                        Bucket=batch[0].bucket, Delete={"Objects": [{"Key": t.path} for t in batch], "Quiet": True}
+                    )
 
     def arrow_filesystem(self) -> pyarrow.fs.FileSystem:
         import pyarrow.fs
@@ -280,7 +383,12 @@ class S3Store(ShardStore):
         # empty "directory" object at EVERY ancestor, up to the bucket's top (``team/``, ``team/prefix/``...):
         # objects outside the store root. With it, Arrow stops at the first ancestor that exists (the
         # training writes its run record with boto3 first, so that is a folder below the root).
-        kwargs: dict[str, Any] = {"check_directory_existence_before_creation": True}
+        kwargs: dict[str, Any] = {
+            "check_directory_existence_before_creation": True,
+            "connect_timeout": opts.connect_timeout_s,
+            "request_timeout": opts.read_timeout_s,
+            "retry_strategy": pyarrow.fs.AwsStandardS3RetryStrategy(max_attempts=opts.max_attempts),
+        }
         if opts.endpoint_url:
             scheme, _, host = opts.endpoint_url.partition("://")
             kwargs["endpoint_override"] = host
