@@ -5,19 +5,28 @@ lost). Both write the same deterministic output location. The promise, after Spa
 OutputCommitCoordinatorSuite: exactly one publish wins, the loser raises :class:`CommitConflict` and
 leaves no staging or temp files, and the published output equals that of a single run. Each writer is a
 real thread with its own store object (its own S3 client), on the local store and on S3 through moto's
-loopback HTTP server; nothing is mocked.
+loopback HTTP server; nothing is mocked. On S3 a winner must also recognise its own claim when botocore
+retries the conditional put after a lost answer (a small proxy in front of moto resets that connection).
 """
 
 from __future__ import annotations
 
+import contextlib
+import http.client
+import socket
+import struct
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import replace
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
 from airflow_bigdata_ai.shards import (
     CommitConflict,
+    S3Options,
     ShardInfo,
     ShardSet,
     ShardStore,
@@ -39,7 +48,7 @@ StoreFactory = Callable[[], ShardStore]
 
 
 @pytest.fixture(scope="module")
-def s3_options() -> Iterator[Any]:
+def s3_options() -> Iterator[S3Options]:
     """One moto server on 127.0.0.1 for the module; stopped when the module ends."""
     with s3_server("zombie") as options:
         yield options
@@ -173,3 +182,86 @@ def test_a_rerun_started_after_the_publish_still_replaces_it(new_store: StoreFac
     with pytest.raises(FileNotFoundError, match="superseded"):
         load_manifest(store, first)
     assert [s.sha256 for s in load_manifest(store, second).shards] == expected
+
+
+class _LostAnswerProxy(ThreadingHTTPServer):
+    """Forwards requests to the S3 server unchanged, except the first PUT whose path contains ``pattern``:
+    that one is applied upstream, then the connection is reset before the answer. The client cannot tell
+    a lost answer from a lost request, so it retries a conditional put that already took effect."""
+
+    daemon_threads = True
+
+    def __init__(self, upstream: str, pattern: str) -> None:
+        super().__init__(("127.0.0.1", 0), _LostAnswerHandler)
+        self.upstream, self.pattern, self.fired = upstream, pattern, threading.Event()
+
+
+class _LostAnswerHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as botocore's connection pool expects
+    server: _LostAnswerProxy
+
+    def log_message(self, format: str, *args: object) -> None:
+        """Quiet: the test shows its assertions, not every request."""
+
+    def _handle(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        upstream = urlsplit(self.server.upstream)
+        conn = http.client.HTTPConnection(upstream.hostname or "127.0.0.1", upstream.port, timeout=30)
+        try:
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in ("connection", "keep-alive")}
+            conn.request(self.command, self.path, body=body if body or self.command == "PUT" else None, headers=headers)
+            response = conn.getresponse()
+            data = response.read()
+        finally:
+            conn.close()
+        if self.command == "PUT" and self.server.pattern in self.path and not self.server.fired.is_set():
+            self.server.fired.set()  # the object now exists upstream; the client never hears so
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.close_connection = True
+            self.connection.close()
+            return
+        self.send_response_only(response.status)
+        for key, value in response.getheaders():
+            if key.lower() not in ("content-length", "connection", "keep-alive", "transfer-encoding", "date", "server"):
+                self.send_header(key, value)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+
+    do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
+
+    def finish(self) -> None:
+        with contextlib.suppress(OSError):  # the socket was reset on purpose
+            super().finish()
+
+
+@contextlib.contextmanager
+def _lost_answer_proxy(options: S3Options, pattern: str) -> Iterator[tuple[S3Options, threading.Event]]:
+    """The proxy on 127.0.0.1 in front of ``options``' server; stopped on exit."""
+    assert options.endpoint_url
+    server = _LostAnswerProxy(options.endpoint_url, pattern)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield replace(options, endpoint_url=f"http://127.0.0.1:{server.server_address[1]}"), server.fired
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def test_a_claim_retried_after_its_answer_was_lost_still_wins(s3_options: S3Options, tmp_path: Any) -> None:
+    """botocore retries a PUT whose connection was reset; the retry of the winning claim finds the record
+    its first try created (412). That is this attempt's own publish, not a loss to another attempt."""
+    expected = _single_run_checksums(open_store(f"s3://zombie/{tmp_path.name}", s3_options))
+    with _lost_answer_proxy(s3_options, "/_commits/") as (options, fired):
+        store = open_store(f"s3://zombie/{tmp_path.name}", options)
+        dataset = output_uri(str(store.root), "dag", "task", "2026-11-24")
+        writer = ShardWriter(store, dataset)
+        ref = writer.commit([writer.write_table(i, shard_table(i, ROWS)) for i in range(SHARDS)], SCHEMA, PRODUCER)
+        assert fired.is_set(), "the proxy never lost a claim's answer: the test tested nothing"
+        assert current_shardset(store, dataset) == ref
+        assert [s.sha256 for s in load_manifest(store, ref).shards] == expected
+        assert read_table(store, ref).num_rows == SHARDS * ROWS
