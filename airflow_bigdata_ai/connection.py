@@ -3,14 +3,23 @@
 Kept free of Airflow imports so provider metadata loads cheaply and the mapping is unit-testable.
 Standard fields: ``host`` = Spark master (``embedded``, ``spark://...``, ``yarn``, ``k8s://...``),
 ``password`` = the cluster's auth token (masked). Everything else lives in ``extra``.
+
+The connection also holds the per-deployment key that signs the references tasks hand each other
+(:class:`ReferencePolicy`): whoever can edit XCom through the REST API must not be able to point a task at
+another run's, another DAG's or anyone's data.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
+import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:  # the shards package imports pyarrow: provider metadata must load without it
+    from airflow_bigdata_ai.shards.refs import ModelRef, ShardSet
 
 from airflow_bigdata_ai.cluster.config import default_state_dir, state_root
 
@@ -50,6 +59,19 @@ RAY_ON_SPARK_CONN_FIELDS: dict[str, dict[str, Any]] = {
         "label": "Extra Spark conf (JSON object)",
         "schema": {"type": ["string", "null"]},
     },
+    # the name contains "secret": Airflow masks it in the UI, the API and task logs
+    "reference_secret": {
+        "label": "Reference signing secret",
+        "schema": {"type": ["string", "null"]},
+        "description": "signs the ShardSet/ModelRef references tasks pass through XCom; default: derived "
+        "from the auth token, or a key generated once in the state directory",
+    },
+    "unsigned_references": {
+        "label": "Unsigned references",
+        "schema": {"type": ["string", "null"], "enum": ["refuse", "accept", None]},
+        "description": "refuse or accept (with a warning) a reference without a signature; default: refuse "
+        "when a secret or token is configured, accept when neither is",
+    },
 }
 
 RAY_ON_SPARK_UI_BEHAVIOUR: dict[str, Any] = {
@@ -79,6 +101,8 @@ class ConnectionSettings:
     num_cpus_worker_node: int = 2
     idle_timeout_s: float = 3600.0
     spark_conf: dict[str, str] = field(default_factory=dict)
+    reference_secret: str | None = field(default=None, repr=False)
+    unsigned_references: str | None = None
 
     @classmethod
     def from_parts(
@@ -93,6 +117,9 @@ class ConnectionSettings:
         mode = extras.get("mode") or "embedded"
         if mode not in ("embedded", "remote"):
             raise ValueError(f"connection {conn_id!r}: mode must be 'embedded' or 'remote', got {mode!r}")
+        unsigned = extras.get("unsigned_references")
+        if unsigned not in (None, "refuse", "accept"):
+            raise ValueError(f"connection {conn_id!r}: unsigned_references is 'refuse' or 'accept', not {unsigned!r}")
         safe_id = "".join(c if c.isalnum() or c in "-_" else "_" for c in conn_id)
         state_dir = extras.get("state_dir") or default_state_dir(safe_id)
         store_root = extras.get("store_root") or os.environ.get(
@@ -110,7 +137,101 @@ class ConnectionSettings:
             num_cpus_worker_node=_optional_int(extras.get("num_cpus_worker_node")) or 2,
             idle_timeout_s=float(extras.get("idle_timeout_s", 3600)),
             spark_conf={str(k): str(v) for k, v in spark_conf.items()},
+            reference_secret=extras.get("reference_secret") or None,
+            unsigned_references=unsigned,
         )
+
+    def reference_policy(self) -> ReferencePolicy:
+        """The signing key and the unsigned-reference rule of this deployment (see :class:`ReferencePolicy`).
+
+        Key, first found: the ``reference_secret`` extra; the connection's password (the cluster token); else a
+        random key generated once into ``<state_dir>/reference.key`` (0600). Each is run through HKDF, so the
+        signing key never equals the token. The generated key outlives cluster restarts (a restarted embedded
+        cluster gets a new token, which would orphan every reference signed before).
+        """
+        from airflow_bigdata_ai.shards.refs import derive_key
+
+        if self.reference_secret:
+            key, source, configured = derive_key(self.reference_secret), "the reference_secret extra", True
+        elif self.auth_token:
+            key, source, configured = derive_key(self.auth_token), "the connection's auth token", True
+        else:
+            path = os.path.join(self.state_dir, REFERENCE_KEY_FILE)
+            key, source, configured = derive_key(_key_file(path)), path, False
+        accept = self.unsigned_references == "accept" or (self.unsigned_references is None and not configured)
+        return ReferencePolicy(key=key, accept_unsigned=accept, key_source=source)
+
+
+REFERENCE_KEY_FILE = "reference.key"
+Ref = TypeVar("Ref", bound="ShardSet | ModelRef")
+
+
+@dataclass(frozen=True)
+class ReferencePolicy:
+    """How this deployment signs and checks references.
+
+    - what a task returns is signed with ``key``;
+    - a signed reference must verify (else :class:`~airflow_bigdata_ai.shards.refs.SignatureMismatch`);
+    - an unsigned one (built by hand, in a notebook, by an older release) passes only when ``accept_unsigned``
+      and the caller does not ``require_signature`` (the operators require it for the XCom of another
+      operator of this package, which always signs: an unsigned value there was rewritten).
+    """
+
+    key: bytes = field(repr=False)
+    accept_unsigned: bool
+    key_source: str
+
+    @property
+    def key_id(self) -> str:
+        from airflow_bigdata_ai.shards.refs import key_id
+
+        return key_id(self.key)
+
+    def sign(self, ref: Ref) -> Ref:
+        from airflow_bigdata_ai.shards.refs import sign_reference
+
+        return sign_reference(ref, self.key)
+
+    def check(self, ref: ShardSet | ModelRef, what: str, *, require_signature: bool = False) -> bool:
+        """Raise unless ``ref`` may be used; returns False when it was accepted without a signature."""
+        from airflow_bigdata_ai.shards.refs import UnsignedReference, verify_reference
+
+        if ref.signature:
+            verify_reference(ref, self.key, what)
+            return True
+        if require_signature or not self.accept_unsigned:
+            why = (
+                "it comes from the XCom of an operator that always signs, so it was rewritten"
+                if require_signature
+                else "this deployment refuses unsigned references (connection extra unsigned_references)"
+            )
+            raise UnsignedReference(
+                f"{what}: the {ref.KIND} reference is not signed, so the signature does not match: {why}. "
+                "A retry cannot fix this"
+            )
+        return False
+
+
+def _key_file(path: str) -> bytes:
+    """The deployment's generated key: created once (O_EXCL, so concurrent first tasks agree), then read."""
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    else:
+        tmp_key = secrets.token_hex(32)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(tmp_key)
+            handle.flush()
+            os.fsync(handle.fileno())
+    for _ in range(50):  # a concurrent creator may not have written its bytes yet
+        with open(path) as handle:
+            text = handle.read().strip()
+        if len(text) == 64:
+            return bytes.fromhex(text)
+        time.sleep(0.1)
+    raise RuntimeError(f"the reference key file {path} is empty or malformed: remove it to generate a new one")
 
 
 def _parse_extra(extra: dict[str, Any] | str | None) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from airflow_bigdata_ai.connection import (
     RAY_ON_SPARK_CONN_FIELDS,
     RAY_ON_SPARK_UI_BEHAVIOUR,
     ConnectionSettings,
+    ReferencePolicy,
 )
 
 if TYPE_CHECKING:
@@ -141,6 +142,19 @@ class RayOnSparkHook(BaseHook):
         target = parse_uri(uri) if uri else root
         confined = root if is_within(target, root) else own_root(target)
         return open_store(str(confined), self.s3_options() if confined.scheme == "s3" else None)
+
+    # -- reference signing --------------------------------------------------------------------------
+    def reference_policy(self) -> ReferencePolicy:
+        """This deployment's key for signing ShardSet/ModelRef references and its unsigned-reference rule.
+
+        A ``reference_secret`` extra is masked by Airflow already (its name says "secret"); it is registered
+        with the log masker here too, like a generated token, so it cannot reach a task log.
+        """
+        from airflow.sdk.log import mask_secret
+
+        if self.settings.reference_secret:
+            mask_secret(self.settings.reference_secret)
+        return self.settings.reference_policy()
 
     def test_connection(self) -> tuple[bool, str]:
         """Used by the UI's Test button: is the shared cluster reachable?"""

@@ -1,8 +1,9 @@
 """Shared plumbing for operators that run on the shared cluster.
 
 Translates Airflow context into core calls: which connection, where the date-partitioned output goes,
-who produced it (for the reference), the extra links of the cluster the task actually used, and the
-Asset events that carry the reference to asset-scheduled DAGs.
+who produced it (for the reference), the extra links of the cluster the task actually used, the
+signing of what a task returns and the checks of what it receives, and the Asset events that carry the
+reference to asset-scheduled DAGs.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from collections.abc import Sequence
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import BaseOperator, BaseOperatorLink
+from airflow.sdk import BaseOperator, BaseOperatorLink, XComArg
+from airflow.sdk.exceptions import AirflowFailException
 
 from airflow_bigdata_ai.connection import DEFAULT_CONN_ID
 from airflow_bigdata_ai.links import RayDashboardLink, SparkUILink, push_cluster_links
@@ -21,8 +23,9 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
     from airflow_bigdata_ai.cluster import AttachedCluster
+    from airflow_bigdata_ai.connection import ReferencePolicy
     from airflow_bigdata_ai.hooks.ray_on_spark import RayOnSparkHook
-    from airflow_bigdata_ai.shards import Producer, ShardStore
+    from airflow_bigdata_ai.shards import ModelRef, Producer, ShardSet, ShardStore
 
 
 class SharedClusterOperator(BaseOperator):
@@ -39,6 +42,9 @@ class SharedClusterOperator(BaseOperator):
         self.output_root = output_root
         self._spark: Any = None  # the Spark Connect session while execute runs (for on_kill)
         self._tag: str | None = None  # this attempt's Spark job tag
+        # reference field -> task id of the operator of this package whose XCom feeds it (set at construction,
+        # before rendering replaces the XComArg with the value; see check_reference)
+        self._reference_sources: dict[str, str] = {}
 
     @cached_property
     def hook(self) -> RayOnSparkHook:
@@ -104,15 +110,75 @@ class SharedClusterOperator(BaseOperator):
             location = f"{location}/map_index={ti.map_index}"
         return store, location
 
-    def post_execute(self, context: Context, result: Any = None) -> None:
-        """Attach the reference to every Asset outlet's event, so asset-scheduled DAGs receive it."""
-        super().post_execute(context, result)
-        if not isinstance(result, dict) or result.get("kind") not in ("ShardSet", "ModelRef"):
-            return
+    # -- references: sign what we return, check what we receive ---------------------------------------------
+    @cached_property
+    def references(self) -> ReferencePolicy:
+        """The deployment's signing key and unsigned rule, from the connection (not from the store/cluster hook)."""
+        from airflow_bigdata_ai.hooks.ray_on_spark import RayOnSparkHook
+
+        return RayOnSparkHook(self.ray_on_spark_conn_id).reference_policy()
+
+    def track_reference_sources(self, *names: str) -> None:
+        """Remember which reference fields read another shared-cluster operator's XCom (call at the end of __init__).
+
+        Such an operator always signs and names itself as producer, so its value must be signed and produced by
+        that task in this very DAG run: a validly signed reference of another date or DAG pasted into the XCom
+        through the REST API is refused too.
+        """
+        for name in names:
+            value = getattr(self, name, None)
+            if isinstance(value, XComArg):
+                sources = [op for op, _key in value.iter_references()]
+                if len(sources) == 1 and isinstance(sources[0], SharedClusterOperator):
+                    self._reference_sources[name] = sources[0].task_id
+
+    def check_reference(self, context: Context, name: str, kind: type[ShardSet] | type[ModelRef]) -> Any:
+        """The reference in field ``name``, parsed and verified; a failure fails the task without retries."""
+        from airflow_bigdata_ai.shards import InvalidReference
+
+        try:
+            ref = kind.coerce(getattr(self, name))
+            source = self._reference_sources.get(name)
+            signed = self.references.check(ref, name, require_signature=source is not None)
+            if source is not None:
+                _check_producer(ref, name, source, context)
+        except InvalidReference as exc:
+            raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
+        if not signed:
+            self.log.warning(
+                "%s: accepting an unsigned %s (connection %s: unsigned_references=accept, or no key configured)",
+                name,
+                ref.KIND,
+                self.ray_on_spark_conn_id,
+            )
+        return ref
+
+    def publish(self, context: Context, ref: ShardSet | ModelRef) -> dict[str, Any]:
+        """Sign the reference this task returns and attach the same signed dict to every Asset outlet's event.
+
+        Done here, not in ``post_execute``: Airflow 3.3's task runner calls ``post_execute(context)`` without the
+        result, so an outlet event filled there never carried the reference.
+        """
         from airflow.sdk import Asset
 
-        uri = result.get("manifest_uri") or result.get("weights_uri")
+        signed = self.references.sign(ref).to_dict()
+        uri = signed.get("manifest_uri") or signed.get("weights_uri")
         for outlet in self.outlets or ():
             if isinstance(outlet, Asset):
                 event = context["outlet_events"][outlet]
-                event.extra.update({"kind": result["kind"], "uri": uri, "reference": result})
+                event.extra.update({"kind": signed["kind"], "uri": uri, "reference": signed})
+        return signed
+
+
+def _check_producer(ref: ShardSet | ModelRef, name: str, source: str, context: Context) -> None:
+    """The value of ``source``'s XCom must be ``source``'s output in this DAG run (not another date's or DAG's)."""
+    from airflow_bigdata_ai.shards import InvalidReference
+
+    ti, producer = context["ti"], ref.producer
+    same_task = producer.task_id == source or producer.task_id.startswith(f"{source}__map_index=")
+    if producer.dag_id != ti.dag_id or producer.run_id != ti.run_id or not same_task:
+        raise InvalidReference(
+            f"{name}: the {ref.KIND} in task {source!r}'s XCom was produced by dag {producer.dag_id!r}, task "
+            f"{producer.task_id!r}, run {producer.run_id!r}, not by {source!r} in this run ({ti.dag_id!r}, "
+            f"{ti.run_id!r}): another run's or DAG's output was put into this run's XCom. A retry cannot fix this"
+        )

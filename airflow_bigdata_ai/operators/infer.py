@@ -87,6 +87,7 @@ class OpenVINOInferOperator(SharedClusterOperator):
         self.id_column = id_column
         self.label_column = label_column
         self._ray_attached = False
+        self.track_reference_sources("model_ref", "input_data")
 
     def execute(self, context: Context) -> dict[str, Any]:
         from airflow_bigdata_ai.cluster.admission import AdmissionRefused
@@ -94,9 +95,9 @@ class OpenVINOInferOperator(SharedClusterOperator):
         from airflow_bigdata_ai.shards import ChecksumMismatch, InvalidReference, ModelRef, ShardSet
         from airflow_bigdata_ai.usercode import UserCodeError
 
+        ref = self.check_reference(context, "model_ref", ModelRef)  # signature, and producer if from XCom
+        data = self.check_reference(context, "input_data", ShardSet)
         try:
-            ref = ModelRef.coerce(self.model_ref)
-            data = ShardSet.coerce(self.input_data)
             options = InferOptions(
                 precision=str(self.precision),
                 engine=str(self.engine),
@@ -169,7 +170,7 @@ class OpenVINOInferOperator(SharedClusterOperator):
             "n/a" if summary["accuracy"] is None else f"{summary['accuracy']:.2%}",
         )
         context["ti"].xcom_push(key=SUMMARY_XCOM_KEY, value=summary)
-        return result.to_dict()
+        return self.publish(context, result.shardset)  # signed; also the outlet events' reference
 
     def on_kill(self) -> None:
         """Cancel only this attempt's work: its Spark tag, or its Ray driver (which owns the actor pool)."""

@@ -170,7 +170,7 @@ class SparkPreprocessOperator(SharedClusterOperator):
             stats.get("quarantined", 0),
             stats.get("by_reason", {}),
         )
-        return shardset.to_dict()
+        return self.publish(context, shardset)  # signed; also the outlet events' reference
 
     def on_kill(self) -> None:
         """Interrupt only the Spark operations carrying this attempt's tag (other tasks share the app)."""

@@ -111,6 +111,7 @@ class RayTrainOperator(ResumableJobMixin, SharedClusterOperator):
         self._ref: ModelRef | None = None
         self._running = False
         self._code: dict[str, str] | None = None  # the user code this attempt ships: {module: sha256[:16]}
+        self.track_reference_sources("train_data", "validation_data")
 
     # -- helpers ------------------------------------------------------------------------------------------
     def train_config(self) -> TrainConfig:
@@ -149,7 +150,7 @@ class RayTrainOperator(ResumableJobMixin, SharedClusterOperator):
 
         # a retry cannot fix these: impossible settings, data without the configured columns, a reference that
         # does not parse, a module that is missing or a factory that rejects its kwargs. Settings and code are
-        # checked here, before the cluster is attached (or started).
+        # checked here, before the cluster is attached (or started); the references in execute_resumable.
         try:
             config = self.train_config()
             factory = ship_model_factory(self._factory())
@@ -166,6 +167,19 @@ class RayTrainOperator(ResumableJobMixin, SharedClusterOperator):
             discard_run(self._store(), self.run_key(context))
             self.log.info("Removed the checkpoints of run %s (keep_checkpoints=False)", context["ti"].run_id)
         return result  # type: ignore[no-any-return]
+
+    def execute_resumable(self, context: Context) -> dict[str, Any]:
+        """Check the input references before the job starts (or is reconnected to); sign the ModelRef it returns.
+
+        Whichever branch the mixin takes (fresh, reconnect, already succeeded), what reaches XCom is signed here.
+        """
+        from airflow_bigdata_ai.shards import ModelRef, ShardSet
+
+        self.check_reference(context, "train_data", ShardSet)  # signature, and producer if from XCom
+        if self.validation_data is not None:
+            self.check_reference(context, "validation_data", ShardSet)
+        result = super().execute_resumable(context)
+        return self.publish(context, ModelRef.coerce(result))  # signed; also the outlet events' reference
 
     def submit_job(self, context: Context) -> dict[str, Any]:
         """The "job" handle is this run's deterministic checkpoint location; training starts in polling."""

@@ -2,13 +2,20 @@
 
 A reference is a few hundred bytes whatever the dataset size: it names the immutable manifest (and its
 sha256) that lists the shards, never the shards themselves. Nothing here is ever unpickled.
+
+References travel through places other people can edit (XCom rows, asset-event extras, run conf), so a
+producer signs what it returns (HMAC-SHA256 over the canonical JSON minus the signature, with a
+per-deployment key) and a consumer verifies what it receives: :func:`sign_reference`, :func:`verify_reference`.
+The key comes in as bytes; where it is kept is the Airflow layer's business.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import re
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, ClassVar, TypeVar
 
 from airflow_bigdata_ai.shards.errors import InvalidReference
@@ -65,6 +72,8 @@ class _Reference:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)  # type: ignore[call-overload]
         data["kind"] = self.KIND
+        if not data.get("signature"):  # an unsigned reference keeps the shape older readers know
+            data.pop("signature", None)
         return data
 
     def to_json(self) -> str:
@@ -158,6 +167,7 @@ class ShardSet(_Reference):
     version: str = f"{REFERENCE_MAJOR_VERSION}.0"
     producer: Producer = field(default_factory=Producer)
     stats: dict[str, Any] = field(default_factory=dict)
+    signature: str = ""  # see sign_reference; "" = unsigned
 
     def validate(self) -> None:
         parse_uri(self.manifest_uri)
@@ -171,6 +181,7 @@ class ShardSet(_Reference):
             raise InvalidReference("ShardSet.schema must map column names to type strings")
         if not isinstance(self.stats, dict):
             raise InvalidReference("ShardSet.stats must be an object")
+        check_signature_format(self.signature, "ShardSet.signature")
 
     @property
     def dataset_uri(self) -> str:
@@ -201,6 +212,7 @@ class ModelRef(_Reference):
     version: str = f"{REFERENCE_MAJOR_VERSION}.0"
     producer: Producer = field(default_factory=Producer)
     code: dict[str, str] = field(default_factory=dict)  # user modules shipped with the factory: name -> sha256[:16]
+    signature: str = ""  # see sign_reference; "" = unsigned
 
     def validate(self) -> None:
         parse_uri(self.weights_uri)
@@ -217,3 +229,91 @@ class ModelRef(_Reference):
             raise InvalidReference(f"ModelRef.input_shape must be positive integers, got {self.input_shape!r}")
         if self.trained_on is not None:
             ShardSet.from_dict(self.trained_on)
+        check_signature_format(self.signature, "ModelRef.signature")
+
+
+# -- signing -----------------------------------------------------------------------------------------------
+SIGNATURE_SCHEME = "hmac-sha256"
+_SIGNATURE = re.compile(r"^hmac-sha256:([0-9a-f]{16}):([0-9a-f]{64})$")
+REFERENCE_KEY_INFO = b"airflow-bigdata-ai reference signing v1"
+
+Ref = TypeVar("Ref", bound=ShardSet | ModelRef)
+
+
+class SignatureMismatch(InvalidReference):
+    """A reference's signature does not verify: rewritten after it was produced, or signed by another deployment."""
+
+
+class UnsignedReference(InvalidReference):
+    """A reference without a signature where the policy requires one."""
+
+
+def check_signature_format(value: Any, what: str) -> None:
+    if not isinstance(value, str) or (value and not _SIGNATURE.match(value)):
+        raise InvalidReference(f"{what} must be '' or '{SIGNATURE_SCHEME}:<key id>:<hex>', got {value!r}")
+
+
+def derive_key(secret: str | bytes, info: bytes = REFERENCE_KEY_INFO) -> bytes:
+    """HKDF-SHA256 (RFC 5869) of a configured secret: a key for this one purpose, never the secret itself.
+
+    Deriving (instead of using a connection password directly) means a leaked reference key does not leak
+    the cluster token it was derived from, and the same token yields unrelated keys for other purposes.
+    """
+    ikm = secret.encode() if isinstance(secret, str) else secret
+    if not ikm:
+        raise ValueError("cannot derive a reference key from an empty secret")
+    prk = hmac.new(b"airflow-bigdata-ai", ikm, hashlib.sha256).digest()  # extract (fixed salt)
+    return hmac.new(prk, info + b"\x01", hashlib.sha256).digest()  # expand: one block = 32 bytes
+
+
+def key_id(key: bytes) -> str:
+    """A short public name of a key (in the signature), to tell "another key" from "tampered" in errors."""
+    return hashlib.sha256(b"key-id:" + key).hexdigest()[:16]
+
+
+def canonical_bytes(ref: ShardSet | ModelRef) -> bytes:
+    """The signed bytes: the reference's JSON minus its signature, keys sorted, no whitespace, ASCII only."""
+    data = ref.to_dict()
+    data.pop("signature", None)
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()  # NaN: as XCom writes it
+
+
+def _mac(ref: ShardSet | ModelRef, key: bytes) -> str:
+    return hmac.new(key, canonical_bytes(ref), hashlib.sha256).hexdigest()
+
+
+def sign_reference(ref: Ref, key: bytes) -> Ref:
+    """A copy of ``ref`` carrying ``hmac-sha256:<key id>:<HMAC of the canonical JSON>``."""
+    if len(key) < 16:
+        raise ValueError("a reference key must have at least 16 bytes")
+    unsigned = replace(ref, signature="")
+    return replace(unsigned, signature=f"{SIGNATURE_SCHEME}:{key_id(key)}:{_mac(unsigned, key)}")
+
+
+def is_signed(ref: ShardSet | ModelRef) -> bool:
+    return bool(ref.signature)
+
+
+def verify_reference(ref: ShardSet | ModelRef, keys: bytes | tuple[bytes, ...], what: str | None = None) -> None:
+    """Raise :class:`SignatureMismatch` unless ``ref`` is signed by one of ``keys`` and unchanged since.
+
+    ``keys`` may hold the current key and earlier ones (rotation). ``what`` names the field in the error.
+    """
+    name = what or ref.KIND
+    match = _SIGNATURE.match(ref.signature or "")
+    if match is None:
+        raise UnsignedReference(f"{name}: the {ref.KIND} reference is not signed")
+    candidates = (keys,) if isinstance(keys, bytes) else tuple(keys)
+    for key in candidates:
+        if hmac.compare_digest(_mac(ref, key), match.group(2)):
+            return
+    ours = ", ".join(key_id(k) for k in candidates)
+    hint = (
+        "it was changed after it was produced"
+        if match.group(1) in ours
+        else f"it was signed with another key ({match.group(1)}; this deployment's: {ours})"
+    )
+    raise SignatureMismatch(
+        f"{name}: the signature of the {ref.KIND} reference does not match: {hint}. A retry cannot fix "
+        "this: rerun the task that produced it (or sign a hand-built reference with this deployment's key)"
+    )
