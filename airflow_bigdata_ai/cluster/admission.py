@@ -62,12 +62,19 @@ class AdmissionQueue:
         self.entries: dict[str, _Entry] = {}  # insertion order is arrival order
 
     def request(self, job_id: str, cpus: float, label: str) -> dict[str, Any]:
+        """Queue ``job_id``. An entry of another attempt of the same task (same ``label``) is dropped first:
+        a new attempt means the old one's process is gone (SIGKILL, lost worker), and its place would
+        otherwise block the retry until its lease ran out."""
         if cpus > self.capacity:
             return {"state": "refused", "capacity": self.capacity, "cpus": cpus}
         now = self.clock()
+        replaced = []
         if job_id not in self.entries:
+            replaced = [j for j, e in self.entries.items() if e.label == label]
+            for old in replaced:
+                del self.entries[old]
             self.entries[job_id] = _Entry(job_id, float(cpus), label, now, now)
-        return self.poll(job_id)
+        return {**self.poll(job_id), "replaced": replaced}
 
     def poll(self, job_id: str) -> dict[str, Any]:
         """Renew ``job_id``'s lease, grant what fits, and say where ``job_id`` stands."""
@@ -202,6 +209,8 @@ def admitted(
             f"{what} needs {cpus:g} CPUs but the shared cluster has at most {status['capacity']:g} "
             "(its Ray worker nodes fully scaled up): ask for fewer workers or CPUs, or give the cluster more"
         )
+    if status.get("replaced"):
+        say(f"took over the shared cluster's queue place of an earlier attempt of {label} (its process is gone)")
     lease = _Lease(queue, job_id)
     try:
         started = next_log = time.monotonic()

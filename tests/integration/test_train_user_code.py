@@ -11,6 +11,10 @@ factory kwargs templated from params. Three trainings and one failing run cover 
 - defect 11: two runs with the same seed on the same shards train byte-identical weights;
 - defect 12: a missing module fails the task on its first try (``AirflowFailException``, retries unused);
 - defect 17: a run without a logical date writes its weights under ``run=<run id>``.
+
+And issue 15: a task process SIGKILLed mid-training (no ``on_kill``) is retried by the scheduler; the retry
+finds the run handle in the task state store, resumes from the checkpoint and returns the ModelRef to XCom
+(``ResumableJobMixin``'s reconnect branch returned None before), and the dead attempt's Ray actors are gone.
 """
 
 from __future__ import annotations
@@ -82,7 +86,26 @@ with DAG(
         num_workers=2,
         seed=3,
     )
+
+with DAG(
+    "user_train_resume",
+    schedule=None,
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    default_args={"retries": 2, "retry_delay": timedelta(seconds=1)},
+):
+    RayTrainOperator(
+        task_id="train",
+        train_data=TRAIN_DATA,
+        model_factory="user_models:make_model",
+        epochs=4,
+        batch_size=32,
+        lr=5e-3,
+        num_workers=2,
+        seed=3,
+    )
 """
+RESUME_DAG_ID = "user_train_resume"
 
 
 @dataclass
@@ -217,3 +240,62 @@ def test_user_model_beside_the_dag_trains_deterministically_and_edits_take_effec
     assert f"/run={safe_segment(edited)}/weights/" in new_ref.weights_uri, new_ref.weights_uri
     _check_log(env.log_records(edited), epochs=2)
     assert ShardSet.coerce(new_ref.trained_on).manifest_sha256 == ShardSet.coerce(ref.trained_on).manifest_sha256
+
+
+def _training_driver(services: AirflowServices, timeout_s: float) -> tuple[int, str]:
+    """(pid, Ray job id) of the task process that drives the training: a running Ray driver under the scheduler."""
+    import psutil
+    from ray.util.state import list_jobs
+
+    scheduler = psutil.Process(services.procs["scheduler"].pid)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        ours = {p.pid for p in scheduler.children(recursive=True)}
+        for job in list_jobs(raise_on_missing_output=False):
+            pid = (job.driver_info.pid if job.driver_info else None) or 0
+            if job.status == "RUNNING" and int(pid) in ours:
+                return int(pid), str(job.job_id)
+        time.sleep(0.5)
+    raise AssertionError("no training task process found under the scheduler")
+
+
+def test_a_task_process_killed_mid_training_is_retried_and_returns_its_model_ref(
+    user_airflow: UserAirflow, attached: Any
+) -> None:
+    import signal
+
+    from airflow_bigdata_ai.train import RunKey, checkpoint_uri
+    from airflow_bigdata_ai.train.core import wait_job_actors_gone
+
+    env, store = user_airflow, open_store(user_airflow.store_root)
+    attached.ray()
+    run_id = str(env.services.api("POST", f"/dags/{RESUME_DAG_ID}/dagRuns", json={"logical_date": None})["dag_run_id"])
+    events = checkpoint_uri(store, RunKey(RESUME_DAG_ID, "train", run_id)).join("events")
+    deadline, epochs = time.monotonic() + 600, []
+    while not epochs and time.monotonic() < deadline:
+        epochs = [u for u in store.list(events) if json.loads(store.read_bytes(u))["type"] == "epoch"]
+        time.sleep(0.5)
+    assert epochs, "no epoch finished in time"
+    pid, job_id = _training_driver(env.services, 60)
+    os.kill(pid, signal.SIGKILL)  # no on_kill, no cleanup: what an OOM kill or a lost pod does
+
+    state = env.services.wait_for_runs(RESUME_DAG_ID, [run_id], timeout_s=900)[run_id]
+    ti = dict(env.services.api("GET", f"/dags/{RESUME_DAG_ID}/dagRuns/{run_id}/taskInstances/train"))
+    retry_log = _task_log(env.services.home, RESUME_DAG_ID, run_id, ti["try_number"])
+    assert state == "success" and ti["try_number"] == 2, (state, ti, retry_log[-3000:])
+    assert "Reconnecting to existing job" in retry_log, retry_log[-3000:]
+    assert "took over the shared cluster's queue place of an earlier attempt" in retry_log  # no 60 s lease wait
+    assert wait_job_actors_gone(job_id, timeout=30) == []  # the dead attempt's trainer and workers are gone
+    entry = env.services.api(
+        "GET", f"/dags/{RESUME_DAG_ID}/dagRuns/{run_id}/taskInstances/train/xcomEntries/return_value"
+    )
+    value = entry["value"]
+    ref = ModelRef.coerce(json.loads(value) if isinstance(value, str) else value)
+    assert ref.metrics["resumed_from_epoch"] >= 1 and ref.metrics["epochs"] == 4, ref.metrics
+    assert store.exists(ref.weights_uri)
+
+
+def _task_log(home: str, dag_id: str, run_id: str, attempt: int) -> str:
+    path = os.path.join(home, "logs", f"dag_id={dag_id}", f"run_id={run_id}", "task_id=train", f"attempt={attempt}.log")
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        return handle.read()

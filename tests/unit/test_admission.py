@@ -58,6 +58,17 @@ def test_a_dead_holder_loses_its_cpus_when_its_lease_runs_out():
     assert queue.poll("dead") == {"state": "unknown"}
 
 
+def test_a_retry_of_the_same_task_takes_over_the_place_of_its_dead_attempt():
+    """A SIGKILLed task keeps its lease for up to 60 s; its retry (same dag.task run) must not wait for it."""
+    queue = AdmissionQueue(4, lease_s=60, clock=Clock())
+    assert queue.request("attempt1#a", 3, "dag.train run1")["state"] == "granted"
+    assert queue.request("other#b", 1, "dag.infer run1")["state"] == "granted"
+    retry = queue.request("attempt2#c", 3, "dag.train run1")
+    assert retry["state"] == "granted" and retry["replaced"] == ["attempt1#a"]
+    assert queue.snapshot()["granted"] == ["dag.infer run1", "dag.train run1"]
+    assert queue.request("attempt2#c", 3, "dag.train run1")["replaced"] == []  # asking again replaces nothing
+
+
 def test_the_wait_message_says_what_it_waits_for_how_long_and_how_many_are_ahead():
     queue = AdmissionQueue(4, clock=Clock())
     queue.request("a", 3, "digits_e2e.train 2026-11-01")
