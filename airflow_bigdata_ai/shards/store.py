@@ -160,12 +160,13 @@ class LocalStore(ShardStore):
     def _temp_beside(self, path: str) -> Iterator[tuple[BinaryIO, str]]:
         """A temporary file next to ``path``, flushed and fsynced when the block ends; removed if it fails.
 
-        A concurrent cleanup prunes directories it empties, so one may vanish between ``makedirs`` and
-        ``mkstemp``: that is retried (a temp file inside keeps the directory from being pruned afterwards).
+        A concurrent cleanup prunes directories it empties, so one may vanish while ``makedirs`` creates its
+        subdirectory or before ``mkstemp``: that is retried (a temp file inside keeps the directory from
+        being pruned afterwards).
         """
         for tries_left in range(2, -1, -1):
-            os.makedirs(os.path.dirname(path), exist_ok=True)
             try:
+                os.makedirs(os.path.dirname(path), exist_ok=True)
                 fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=os.path.dirname(path))
                 break
             except FileNotFoundError:
