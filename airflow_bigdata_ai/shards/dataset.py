@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import time
 import uuid
 from collections.abc import Iterable, Iterator
@@ -35,20 +34,24 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from airflow_bigdata_ai.shards.commits import (
+    ATTEMPTS,
+    POINTER,
+    attempt_generation,
+    delete_unpublishable,
+    latest_commit,
+    read_record,
+    record_name,
+)
 from airflow_bigdata_ai.shards.errors import ChecksumMismatch, CommitConflict, InvalidReference
 from airflow_bigdata_ai.shards.paths import MANIFESTS_SEGMENT, StoreURI, parse_uri, safe_relative_path, safe_segment
 from airflow_bigdata_ai.shards.refs import Producer, ShardSet, check_sha256
-from airflow_bigdata_ai.shards.store import BytesLike, ShardStore, is_temporary
+from airflow_bigdata_ai.shards.store import BytesLike, ShardStore
 from airflow_bigdata_ai.shards.tensors import schema_summary
 
 MANIFEST_KIND = "ShardManifest"
 MANIFEST_VERSION = "1.0"
-POINTER = "_CURRENT"
 MANIFESTS = MANIFESTS_SEGMENT
-ATTEMPTS = "attempts"
-COMMITS = "_commits"
-_RECORD = re.compile(r"^(\d{10})\.json$")
-_BASE = re.compile(r"-g(\d+)$")
 
 
 def sha256_hex(data: BytesLike) -> str:
@@ -351,8 +354,8 @@ class ShardWriter:
             "attempt_id": self.attempt_id,
         }
         encoded = json.dumps(record, sort_keys=True).encode()
-        if not self.store.put_if_absent(self.dataset.join(_record_name(generation)), encoded):
-            claimed = _read_record(self.store, self.dataset, generation)
+        if not self.store.put_if_absent(self.dataset.join(record_name(generation)), encoded):
+            claimed = read_record(self.store, self.dataset, generation)
             if claimed != record:  # equal: a retried conditional put found the record its first try created
                 self._lose(claimed.get("attempt_id"), generation)
         if latest_commit(self.store, self.dataset)[0] == generation:  # else a newer publish's copy stands
@@ -377,8 +380,8 @@ class ShardWriter:
         abort on any error, including one raised after the publish.
         """
         generation = self.base_generation + 1
-        if self.store.exists(self.dataset.join(_record_name(generation))):
-            if _read_record(self.store, self.dataset, generation).get("attempt_id") == self.attempt_id:
+        if self.store.exists(self.dataset.join(record_name(generation))):
+            if read_record(self.store, self.dataset, generation).get("attempt_id") == self.attempt_id:
                 return
         self.store.delete_prefix(self.dataset.join(f"{ATTEMPTS}/{self.attempt_id}"))
         manifest_uri = self.dataset.join(f"{MANIFESTS}/{self.attempt_id}.json")
@@ -402,74 +405,6 @@ class ShardWriter:
                 f"{record.get('attempt_id') if record else None} published generation {newest}; "
                 "this attempt can no longer publish"
             ) from exc
-
-
-def attempt_generation(attempt_id: str) -> int | None:
-    """The generation an attempt started from (its id's ``-g<N>`` suffix); None for ids without one."""
-    match = _BASE.search(attempt_id)
-    return int(match.group(1)) if match else None
-
-
-def _record_name(generation: int) -> str:
-    return f"{COMMITS}/{generation:010d}.json"
-
-
-def _read_record(store: ShardStore, dataset: StoreURI, generation: int) -> dict[str, Any]:
-    record = json.loads(store.read_bytes(dataset.join(_record_name(generation))))
-    if not isinstance(record, dict):
-        raise InvalidReference(f"commit record {generation} of {dataset} is not a JSON object")
-    return record
-
-
-def latest_commit(store: ShardStore, dataset: StoreURI) -> tuple[int, dict[str, Any] | None]:
-    """The newest generation of ``dataset`` and its commit record; ``(0, None)`` when none was claimed.
-
-    An output published before commit records existed has only ``_CURRENT``: generation 0, its pointer.
-    """
-    generations = [
-        int(match.group(1))
-        for uri in store.list(dataset.join(COMMITS))
-        if not is_temporary(uri) and (match := _RECORD.match(uri.name))
-    ]
-    if generations:
-        return max(generations), _read_record(store, dataset, max(generations))
-    pointer_uri = dataset.join(POINTER)
-    return 0, json.loads(store.read_bytes(pointer_uri)) if store.exists(pointer_uri) else None
-
-
-def delete_unpublishable(store: ShardStore, dataset: StoreURI, generation: int, keep_attempt: str) -> int:
-    """Delete the staging (temp files included) and manifests of attempts that can never publish: every
-    attempt but ``keep_attempt`` that started before ``generation``. Returns the number of objects deleted.
-
-    Attempts that started from ``generation`` or later may still publish, so their files are kept (a rerun
-    that starts while an earlier publish is cleaning up keeps its shards); commit records and other files
-    are kept too. Files of ids without a generation (written before commit records existed) are deleted.
-    """
-    base = dataset.path.rstrip("/") + "/"
-    stale = []
-    for uri in store.list(dataset):
-        top, _, rest = uri.path[len(base) :].partition("/")
-        if top == ATTEMPTS:
-            owner = rest.split("/")[0]
-        elif top == MANIFESTS and rest.endswith(".json") and "/" not in rest and not is_temporary(uri):
-            owner = rest[: -len(".json")]
-        else:
-            continue
-        started = attempt_generation(owner)
-        if owner != keep_attempt and (started is None or started < generation):
-            stale.append(uri)
-    store.delete(stale)
-    return len(stale)
-
-
-def cleanup_output(store: ShardStore, dataset_uri: str) -> int:
-    """Delete what crashed or superseded attempts left at ``dataset_uri`` and can never be published;
-    never a file of the published version or of an attempt that may still publish. Returns the count."""
-    dataset = store.resolve(dataset_uri)
-    generation, record = latest_commit(store, dataset)
-    if record is None or generation == 0:
-        return 0  # nothing published through a commit record: any attempt may still publish
-    return delete_unpublishable(store, dataset, generation, str(record.get("attempt_id")))
 
 
 def current_shardset(store: ShardStore, dataset_uri: str) -> ShardSet | None:

@@ -39,7 +39,7 @@ from airflow_bigdata_ai.shards import (
     output_uri,
     read_table,
 )
-from airflow_bigdata_ai.shards.dataset import cleanup_output
+from airflow_bigdata_ai.shards.commits import cleanup_output
 from airflow_bigdata_ai.shards.store import TEMP_PREFIX
 from tests.unit.shard_helpers import SCHEMA, shard_table
 
