@@ -16,7 +16,7 @@ from airflow_bigdata_ai.shards.dataset import (
 from airflow_bigdata_ai.shards.errors import ChecksumMismatch, CommitConflict, InvalidReference, UnsafePath
 from airflow_bigdata_ai.shards.ray_source import read_ray_dataset
 from airflow_bigdata_ai.shards.refs import ModelRef, Producer, ShardSet
-from airflow_bigdata_ai.shards.store import LocalStore, S3Options, S3Store, ShardStore, open_store
+from airflow_bigdata_ai.shards.store import LocalStore, S3Options, S3Store, S3Unavailable, ShardStore, open_store
 from airflow_bigdata_ai.shards.tensors import decode_tensors, encode_tensors, tensor_field, tensor_spec
 
 __all__ = [
@@ -29,6 +29,7 @@ __all__ = [
     "Producer",
     "S3Options",
     "S3Store",
+    "S3Unavailable",
     "ShardInfo",
     "ShardSet",
     "ShardStore",
