@@ -43,7 +43,7 @@ class S3Options:
 
     endpoint_url: str | None = None
     region_name: str | None = None
-    aws_access_key_id: str | None = None
+    aws_access_key_id: str | None = field(default=None, repr=False)  # an identifier, but half of the pair
     aws_secret_access_key: str | None = field(default=None, repr=False)
     aws_session_token: str | None = field(default=None, repr=False)
     max_attempts: int = 5
