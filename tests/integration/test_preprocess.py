@@ -206,3 +206,55 @@ def test_interrupt_tag_cancels_only_this_job(spark, data, tmp_path):
     thread.join(60)
     assert not thread.is_alive() and errors, "the tagged job should have been interrupted"
     assert spark.range(3).count() == 3  # the shared session still works
+
+
+def _executor_pids(state_dir: str) -> list[int]:
+    """The Spark executors (JVMs) of the shared cluster's application."""
+    import psutil
+
+    from tests.support.cluster_fixtures import cluster_processes
+
+    pids = []
+    for pid in cluster_processes(state_dir):
+        try:
+            if "CoarseGrainedExecutorBackend" in " ".join(psutil.Process(pid).cmdline()):
+                pids.append(pid)
+        except psutil.NoSuchProcess:
+            continue
+    return pids
+
+
+def test_executor_killed_mid_job_is_retried_and_the_output_equals_a_fault_free_run(
+    spark, shared_cluster, data, tmp_path
+):
+    """Issue 15: SIGKILL one Spark executor while its tasks write shards; Spark reruns them elsewhere."""
+    import signal
+
+    def slow(image: Image.Image) -> np.ndarray:  # long enough for the kill to land mid-job
+        time.sleep(0.01)
+        return np.asarray(image, dtype=np.uint8)[None]
+
+    root = str(tmp_path / "store")
+    store = open_store(root)
+    clean = preprocess(data["png"], f"{root}/clean", spark=spark, transform=slow, rows_per_shard=300)
+    executors = _executor_pids(shared_cluster.config.state_dir)
+    assert executors, "no Spark executor found"
+    result: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            result["ref"] = preprocess(data["png"], f"{root}/faulty", spark=spark, transform=slow, rows_per_shard=300)
+        except BaseException as exc:
+            result["error"] = exc
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    deadline = time.monotonic() + 120
+    while not store.list(f"{root}/faulty") and time.monotonic() < deadline:  # the job has started writing
+        time.sleep(0.2)
+    os.kill(executors[0], signal.SIGKILL)
+    thread.join(300)
+    assert not thread.is_alive() and "error" not in result, result.get("error")
+    assert _checksums(store, result["ref"]) == _checksums(store, clean)
+    assert result["ref"].num_rows == clean.num_rows == 1797
+    assert spark.range(3).count() == 3  # the shared application carries on with its relaunched executor

@@ -93,5 +93,7 @@ def test_s3_options_repr_shows_no_credential() -> None:
     """An S3Options in an exception text or a log line must not carry the keys (issue 15, secrets)."""
     from airflow_bigdata_ai.shards import S3Options
 
-    text = repr(S3Options(endpoint_url="http://127.0.0.1:1", aws_access_key_id="AKIAEXAMPLE", aws_secret_access_key="s"))
+    text = repr(
+        S3Options(endpoint_url="http://127.0.0.1:1", aws_access_key_id="AKIAEXAMPLE", aws_secret_access_key="s")
+    )
     assert "AKIAEXAMPLE" not in text and "127.0.0.1:1" in text
