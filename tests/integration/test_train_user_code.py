@@ -269,9 +269,10 @@ def test_a_task_process_killed_mid_training_is_retried_and_returns_its_model_ref
 
     env, store = user_airflow, open_store(user_airflow.store_root)
     attached.ray()
+    env.services.wait_for_dag(RESUME_DAG_ID)  # parsed and unpaused
     run_id = str(env.services.api("POST", f"/dags/{RESUME_DAG_ID}/dagRuns", json={"logical_date": None})["dag_run_id"])
     events = checkpoint_uri(store, RunKey(RESUME_DAG_ID, "train", run_id)).join("events")
-    deadline, epochs = time.monotonic() + 600, []
+    deadline, epochs = time.monotonic() + 300, []
     while not epochs and time.monotonic() < deadline:
         epochs = [u for u in store.list(events) if json.loads(store.read_bytes(u))["type"] == "epoch"]
         time.sleep(0.5)
