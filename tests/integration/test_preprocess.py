@@ -258,3 +258,4 @@ def test_executor_killed_mid_job_is_retried_and_the_output_equals_a_fault_free_r
     assert _checksums(store, result["ref"]) == _checksums(store, clean)
     assert result["ref"].num_rows == clean.num_rows == 1797
     assert spark.range(3).count() == 3  # the shared application carries on with its relaunched executor
+    assert set(_executor_pids(shared_cluster.config.state_dir)) - set(executors), "no executor was relaunched"
