@@ -117,6 +117,10 @@ class RayOnSparkHook(BaseHook):
             self.log.info("AWS connection %s not defined: using boto3's default chain", self.settings.aws_conn_id)
             return S3Options()
         extra = aws.extra_dejson
+        # the Amazon provider's convention: botocore Config kwargs under "config_kwargs"
+        config = extra.get("config_kwargs") or {}
+        retries = config.get("retries") or {}
+        defaults = S3Options()
         return S3Options(
             endpoint_url=extra.get("endpoint_url")
             or (extra.get("service_config", {}).get("s3", {}) or {}).get("endpoint_url"),
@@ -124,6 +128,10 @@ class RayOnSparkHook(BaseHook):
             aws_access_key_id=aws.login or None,
             aws_secret_access_key=aws.password or None,
             aws_session_token=extra.get("aws_session_token"),
+            max_attempts=int(retries.get("max_attempts", defaults.max_attempts)),
+            retry_mode=str(retries.get("mode", defaults.retry_mode)),
+            connect_timeout_s=float(config.get("connect_timeout", defaults.connect_timeout_s)),
+            read_timeout_s=float(config.get("read_timeout", defaults.read_timeout_s)),
         )
 
     def store_for(self, uri: str | None = None) -> ShardStore:

@@ -97,3 +97,16 @@ def test_s3_options_repr_shows_no_credential() -> None:
         S3Options(endpoint_url="http://127.0.0.1:1", aws_access_key_id="AKIAEXAMPLE", aws_secret_access_key="s")
     )
     assert "AKIAEXAMPLE" not in text and "127.0.0.1:1" in text
+
+
+def test_s3_retries_and_timeouts_come_from_the_aws_connections_config_kwargs(monkeypatch) -> None:
+    """The Amazon provider's ``config_kwargs`` extra sets the S3 retries and timeouts (defaults otherwise)."""
+    from airflow_bigdata_ai.hooks.ray_on_spark import RayOnSparkHook
+
+    extra = {"config_kwargs": {"retries": {"max_attempts": 9, "mode": "adaptive"}, "read_timeout": 5}}
+    monkeypatch.setenv("AIRFLOW_CONN_AWS_TUNED", json.dumps({"conn_type": "aws", "extra": extra}))
+    conn = {"conn_type": "ray_on_spark", "extra": {"store_root": "s3://b/p", "aws_conn_id": "aws_tuned"}}
+    monkeypatch.setenv("AIRFLOW_CONN_TUNED", json.dumps(conn))
+    options = RayOnSparkHook("tuned").s3_options()
+    assert (options.max_attempts, options.retry_mode, options.read_timeout_s) == (9, "adaptive", 5.0)
+    assert options.connect_timeout_s == 10.0
