@@ -820,14 +820,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--child-out", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
-    os.environ[E2E_VARIANTS_ENV] = args.e2e_variants  # children inherit it
-    if args.child:  # one benchmark, in this (child) process
+    if args.child:  # one benchmark, in this (child) process; it inherits the parent's E2E_VARIANTS_ENV
         ctx = Ctx(args.fast, args.state_dir, args.workdir)
         entry = RUNNERS[args.child](ctx)
         with open(args.child_out, "w") as handle:
             json.dump(entry, handle, indent=1, default=str)
         return 0
 
+    os.environ[E2E_VARIANTS_ENV] = args.e2e_variants  # the children inherit it (a child has no such flag)
     selected = [n.strip() for n in args.only.split(",") if n.strip()] or list(BENCHMARKS)
     unknown = sorted(set(selected) - set(BENCHMARKS))
     if unknown:
