@@ -145,9 +145,10 @@ class ConnectionSettings:
         """The signing key and the unsigned-reference rule of this deployment (see :class:`ReferencePolicy`).
 
         Key, first found: the ``reference_secret`` extra; the connection's password (the cluster token); else a
-        random key generated once into ``<state_dir>/reference.key`` (0600). Each is run through HKDF, so the
-        signing key never equals the token. The generated key outlives cluster restarts (a restarted embedded
-        cluster gets a new token, which would orphan every reference signed before).
+        random key generated once into ``$AIRFLOW_BIGDATA_AI_HOME/reference.key`` (0600). Each is run through
+        HKDF, so the signing key never equals the token. The generated key belongs to the deployment, not to one
+        cluster: it outlives cluster restarts (a restarted embedded cluster gets a new token, which would orphan
+        every reference signed before) and is the same for tasks whose connections name other state dirs.
         """
         from airflow_bigdata_ai.shards.refs import derive_key
 
@@ -156,7 +157,7 @@ class ConnectionSettings:
         elif self.auth_token:
             key, source, configured = derive_key(self.auth_token), "the connection's auth token", True
         else:
-            path = os.path.join(self.state_dir, REFERENCE_KEY_FILE)
+            path = os.path.join(state_root(), REFERENCE_KEY_FILE)
             key, source, configured = derive_key(_key_file(path)), path, False
         accept = self.unsigned_references == "accept" or (self.unsigned_references is None and not configured)
         return ReferencePolicy(key=key, accept_unsigned=accept, key_source=source)

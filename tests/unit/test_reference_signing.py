@@ -181,13 +181,23 @@ def _settings(tmp_path: Any, password: str | None = None, **extra: Any) -> Conne
     return ConnectionSettings.from_parts("abai", "embedded", password, {"state_dir": str(tmp_path), **extra})
 
 
-def test_key_source_and_unsigned_default(tmp_path: Any) -> None:
+@pytest.fixture
+def home(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The deployment's home, where the generated key lives (not a cluster's state dir)."""
+    monkeypatch.setenv("AIRFLOW_BIGDATA_AI_HOME", str(tmp_path / "home"))
+    os.makedirs(tmp_path / "home")
+    return tmp_path / "home"
+
+
+def test_key_source_and_unsigned_default(tmp_path: Any, home: Any) -> None:
     secret = _settings(tmp_path, "tok", reference_secret="s3cr3t").reference_policy()
     assert secret.key == derive_key("s3cr3t") and not secret.accept_unsigned
     token = _settings(tmp_path, "tok").reference_policy()
     assert token.key == derive_key("tok") and token.key != b"tok" and not token.accept_unsigned
     generated = _settings(tmp_path).reference_policy()  # embedded default: nothing configured
-    assert generated.accept_unsigned and generated.key_source == str(tmp_path / "reference.key")
+    assert generated.accept_unsigned and generated.key_source == str(home / "reference.key")
+    # a cluster per task (another state dir per connection) still shares the deployment's key
+    assert _settings(tmp_path / "other-cluster").reference_policy().key == generated.key
     assert _settings(tmp_path, unsigned_references="refuse").reference_policy().accept_unsigned is False
     assert _settings(tmp_path, "tok", unsigned_references="accept").reference_policy().accept_unsigned is True
     with pytest.raises(ValueError, match="unsigned_references"):
@@ -196,7 +206,7 @@ def test_key_source_and_unsigned_default(tmp_path: Any) -> None:
     assert "s3cr3t" not in shown and "tok" not in shown and secret.key.hex() not in shown
 
 
-def test_generated_key_is_created_once_private_and_shared_by_concurrent_tasks(tmp_path: Any) -> None:
+def test_generated_key_is_created_once_private_and_shared_by_concurrent_tasks(tmp_path: Any, home: Any) -> None:
     keys: list[bytes] = []
     threads = [
         threading.Thread(target=lambda: keys.append(_settings(tmp_path).reference_policy().key)) for _ in range(8)
@@ -206,7 +216,7 @@ def test_generated_key_is_created_once_private_and_shared_by_concurrent_tasks(tm
     for thread in threads:
         thread.join()
     assert len(set(keys)) == 1
-    path = tmp_path / "reference.key"
+    path = home / "reference.key"
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     assert _settings(tmp_path).reference_policy().key == keys[0], "the key outlives the process (and cluster)"
 
