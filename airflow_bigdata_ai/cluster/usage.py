@@ -75,14 +75,20 @@ def cluster_users(attached: AttachedCluster) -> list[str]:
     return admitted_ray_jobs() + running_spark_jobs(attached.endpoint.spark_ui_url)
 
 
-def users_of(config: ClusterConfig) -> list[str]:
-    """:func:`cluster_users` of the cluster ``config`` names; empty when it is not running (never starts it)."""
+def wait_for_other_jobs(
+    config: ClusterConfig, timeout_s: float, poll_s: float = 5.0, say: Callable[[str], None] = log.info
+) -> list[str]:
+    """Wait up to ``timeout_s`` until no job uses the cluster ``config`` names; returns those still there.
+
+    Attaches once for all the polls (a Ray connection per poll cost seconds each); a cluster that is not
+    running has no users, and is never started here.
+    """
     from airflow_bigdata_ai.cluster.client import attach, cluster_status
 
     if not cluster_status(config)["alive"]:
         return []
     with attach(config) as attached:
-        return cluster_users(attached)
+        return wait_until_unused(lambda: cluster_users(attached), timeout_s, poll_s, say)
 
 
 def wait_until_unused(

@@ -57,7 +57,7 @@ class TeardownRayOnSparkClusterOperator(SharedClusterOperator):
         self.wait_for_other_jobs_s = wait_for_other_jobs_s
 
     def execute(self, context: Context) -> bool:
-        from airflow_bigdata_ai.cluster.usage import users_of, wait_until_unused
+        from airflow_bigdata_ai.cluster.usage import wait_for_other_jobs
 
         keep = self.keep_running
         if isinstance(keep, str):
@@ -66,7 +66,7 @@ class TeardownRayOnSparkClusterOperator(SharedClusterOperator):
             self.log.info("keep_running is set: the shared cluster stays up for later runs")
             return False
         config = self.hook.cluster_config()
-        others = wait_until_unused(lambda: users_of(config), self.wait_for_other_jobs_s, say=self.log.info)
+        others = wait_for_other_jobs(config, self.wait_for_other_jobs_s, say=self.log.info)
         if others:
             self.log.warning(
                 "Not stopping the shared cluster: after waiting %.0f s it is still in use by %d job(s): %s. "
