@@ -259,6 +259,13 @@ def _training_driver(services: AirflowServices, timeout_s: float) -> tuple[int, 
     raise AssertionError("no training task process found under the scheduler")
 
 
+def _registers_a_checkpoint(snapshot: bytes) -> bool:
+    try:
+        return bool(json.loads(snapshot).get("latest_checkpoint_result"))
+    except ValueError:  # caught mid-write
+        return False
+
+
 def test_a_task_process_killed_mid_training_is_retried_and_returns_its_model_ref(
     user_airflow: UserAirflow, attached: Any
 ) -> None:
@@ -277,6 +284,15 @@ def test_a_task_process_killed_mid_training_is_retried_and_returns_its_model_ref
         epochs = [u for u in store.list(events) if json.loads(store.read_bytes(u))["type"] == "epoch"]
         time.sleep(0.5)
     assert epochs, "no epoch finished in time"
+    # Ray Train's controller registers a reported checkpoint a moment after the worker wrote it (it polls the
+    # workers); a kill inside that window rightly restarts at epoch 0. Kill once the checkpoint is registered.
+    base = checkpoint_uri(store, RunKey(RESUME_DAG_ID, "train", run_id))
+    registered = False
+    while not registered and time.monotonic() < deadline:
+        snapshots = [u for u in store.list(base) if u.name == "checkpoint_manager_snapshot.json"]
+        registered = any(_registers_a_checkpoint(store.read_bytes(u)) for u in snapshots)
+        time.sleep(0.5)
+    assert registered, "no checkpoint registered in time"
     pid, job_id = _training_driver(env.services, 60)
     os.kill(pid, signal.SIGKILL)  # no on_kill, no cleanup: what an OOM kill or a lost pod does
 

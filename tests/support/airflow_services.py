@@ -111,9 +111,16 @@ class AirflowServices:
         return self._token
 
     def api(self, method: str, path: str, **kwargs: Any) -> Any:
-        """Call the REST API. Reads are retried: a loaded 2-core machine can stall the server for a while."""
+        """Call the REST API.
+
+        Reads are retried: a loaded 2-core machine can stall the server for a while. Any call refused with
+        503 "Database is locked" is retried too: the test deployment runs on SQLite, where Airflow refuses
+        (and rolls back) e.g. a backfill's creation while the scheduler holds the database.
+        """
         attempts = 4 if method == "GET" else 1
-        for attempt in range(attempts):
+        locked_retries = 12
+        attempt = 0
+        while True:
             try:
                 response = requests.request(
                     method,
@@ -122,11 +129,17 @@ class AirflowServices:
                     timeout=120,
                     **kwargs,
                 )
-                break
             except (requests.ConnectionError, requests.Timeout):
-                if attempt == attempts - 1:
+                attempt += 1
+                if attempt >= attempts:
                     raise
                 time.sleep(5)
+                continue
+            if response.status_code == 503 and "database is locked" in response.text.lower() and locked_retries:
+                locked_retries -= 1
+                time.sleep(2)
+                continue
+            break
         if not response.ok:
             raise AssertionError(f"{method} {path} -> {response.status_code}: {response.text[:2000]}")
         return response.json() if response.content else None

@@ -24,6 +24,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -166,7 +167,8 @@ def check_run(base: Path, expected_version: int, expected_hidden: int, broken: d
 
     # preprocessing: a committed ShardSet at the default location, broken files quarantined with reasons
     features = ShardSet.from_dict(values[("preprocess", "return_value")])
-    assert features == current_shardset(store, f"{store_root}/{DAG_ID}/preprocess/ds={DATE}")
+    assert features.signature.startswith("hmac-sha256:")  # signed with the deployment's key, checked by train
+    assert replace(features, signature="") == current_shardset(store, f"{store_root}/{DAG_ID}/preprocess/ds={DATE}")
     assert len(json.dumps(features.to_dict())) < 4096
     assert features.num_rows == IMAGES, features.stats  # every generated image, none of the broken files
     assert features.stats["quarantined"] == len(broken)
@@ -194,7 +196,8 @@ def check_run(base: Path, expected_version: int, expected_hidden: int, broken: d
     # inference: int8 really ran, with a meaningful accuracy on the labelled rows
     predictions = ShardSet.from_dict(values[("infer", "return_value")])
     summary = values[("infer", "inference_summary")]
-    assert predictions == current_shardset(store, f"{store_root}/{DAG_ID}/infer/ds={DATE}")
+    assert predictions.signature.startswith("hmac-sha256:")
+    assert replace(predictions, signature="") == current_shardset(store, f"{store_root}/{DAG_ID}/infer/ds={DATE}")
     assert summary["precision_requested"] == summary["precision_used"] == "int8"
     assert predictions.stats["precision_used"] == "int8" and summary["gate"]["passed"]  # int8 vs f32 checked
     assert summary["model_weights_sha256"] == ref.weights_sha256

@@ -1,7 +1,8 @@
 """A reference rewritten through Airflow's REST API is refused by the task that reads it (issue 15, hostile input).
 
 Real scheduler and API server (the session's ``example_airflow`` services, default connection = the embedded
-default, so the key is the one generated into the cluster's state directory). A small DAG preprocesses a few
+default, so the key is the deployment's generated one, the services' ``$AIRFLOW_BIGDATA_AI_HOME/reference.key``).
+A small DAG preprocesses a few
 digits once; three training tasks read the preprocessing task's XCom (``return_value`` and two more keys the
 test adds with the genuine value), held back by a gate task until the test has rewritten each with
 ``PATCH .../xcomEntries/{key}``: a validly signed reference of another date, the genuine reference moved to
@@ -84,7 +85,9 @@ def _wait_state(api: Any, run_id: str, task_id: str, states: tuple[str, ...], ti
     raise TimeoutError(f"{task_id} still {ti.get('state')} after {timeout_s}s")
 
 
-def test_rewritten_references_are_refused_through_the_rest_api(example_airflow: Any, tmp_path: Any) -> None:
+def test_rewritten_references_are_refused_through_the_rest_api(
+    example_airflow: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     started = time.monotonic()
     services = example_airflow.services
     dag_file = os.path.join(services.dags_folder, f"{DAG_ID}.py")
@@ -100,7 +103,8 @@ def test_rewritten_references_are_refused_through_the_rest_api(example_airflow: 
         xcoms = f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/preprocess/xcomEntries"
         value = services.api("GET", f"{xcoms}/return_value")["value"]
         genuine = ShardSet.coerce(json.loads(value) if isinstance(value, str) else value)
-        # the embedded default's key: generated once into the cluster's state directory, shared by every task
+        # the embedded default's key: generated once into the deployment's home, shared by every task
+        monkeypatch.setenv("AIRFLOW_BIGDATA_AI_HOME", example_airflow.state_home)
         policy = ConnectionSettings.from_parts(
             DEFAULT_CONN_ID, None, None, {"state_dir": example_airflow.cluster_state_dir}
         ).reference_policy()
