@@ -2,7 +2,8 @@
 
 Before admission control, three trainings started together with ``cache_data=False`` (the path of every
 ShardSet over 512 MiB) each got their Ray Train workers and left no CPU for the Ray Data reads that feed
-them: all three hung. Here they run in three processes at once and must all finish, one after another.
+them: all three hung. Here the load of a backfill (4 such trainings, 2 inferences, 2 preprocessings) runs in
+eight processes at once and must all finish, with the outputs each would have alone.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from airflow_bigdata_ai.cluster.admission import AdmissionRefused, AdmissionTime
 from airflow_bigdata_ai.cluster.usage import running_spark_jobs
 from airflow_bigdata_ai.examples.sample_data import write_digits_shardset
 from airflow_bigdata_ai.operators.cluster import TeardownRayOnSparkClusterOperator
-from airflow_bigdata_ai.shards import ModelRef, open_store
+from airflow_bigdata_ai.shards import ModelRef, ShardSet, load_manifest, open_store, read_table
 from airflow_bigdata_ai.train import RunKey, TrainConfig, train
 from tests.integration.conftest import subprocess_env
 
@@ -35,14 +36,32 @@ DRIVER = textwrap.dedent(
     import json, logging, sys
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
     from airflow_bigdata_ai.cluster import ClusterConfig, attach
-    from airflow_bigdata_ai.shards import ShardSet, open_store
-    from airflow_bigdata_ai.train import RunKey, TrainConfig, train
+    from airflow_bigdata_ai.shards import ModelRef, ShardSet, open_store
 
-    state_dir, root, shardset, factory, settings, name = sys.argv[1:7]
-    attach(ClusterConfig(state_dir=state_dir, mode="remote")).ray()
-    ref = train(ShardSet.from_json(shardset), open_store(root), factory, config=TrainConfig(**json.loads(settings)),
-                run=RunKey("admission_it", "train", name, "2026-01-01"))
-    print("MODELREF " + ref.to_json())
+    state_dir, root, job = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+    cluster, store = attach(ClusterConfig(state_dir=state_dir, mode="remote")), open_store(root)
+    if job["kind"] == "train":
+        from airflow_bigdata_ai.train import RunKey, TrainConfig, train
+
+        cluster.ray()
+        ref = train(ShardSet.from_json(job["data"]), store, job["factory"], config=TrainConfig(**job["settings"]),
+                    run=RunKey("admission_it", "train", job["name"], "2026-01-01"))
+        print("RESULT " + ref.to_json())
+    elif job["kind"] == "infer":
+        from airflow_bigdata_ai.infer import InferOptions, run_inference
+
+        cluster.ray()
+        result = run_inference(ModelRef.from_json(job["model"]), ShardSet.from_json(job["data"]), job["out"],
+                               model_store=store, input_store=store,
+                               options=InferOptions(engine="ray", precision="f32", num_workers=1))
+        print("RESULT " + result.shardset.to_json())
+    else:
+        from airflow_bigdata_ai.preprocess import preprocess
+
+        shards = preprocess({"uri": job["source"], "labels": "folders"}, job["out"], spark=cluster.spark(),
+                            transform="airflow_bigdata_ai.examples.transforms:digits_float",
+                            guards={"channels": [1]}, parallelism=2, tag="abai-admission_it-" + job["name"])
+        print("RESULT " + shards.to_json())
     """
 )
 
@@ -77,7 +96,54 @@ def _wait_for_a_granted_job(timeout_s: float) -> None:
         time.sleep(0.5)
 
 
-def test_three_uncached_trainings_at_once_all_finish(
+def _jobs(root: str, shardset: ShardSet, model: ModelRef, source: str) -> dict[str, dict[str, Any]]:
+    """4 uncached trainings, 2 inferences and 2 preprocessings of the same images: what a backfill brings."""
+    jobs: dict[str, dict[str, Any]] = {}
+    for i in range(4):
+        data = {"data": shardset.to_json(), "factory": FACTORY, "settings": SETTINGS}
+        jobs[f"train{i}"] = {"kind": "train", "name": f"run{i}", **data}
+    for i in range(2):
+        jobs[f"infer{i}"] = {"kind": "infer", "model": model.to_json(), "data": shardset.to_json(),
+                             "out": f"{root}/digits/infer{i}/ds=2026-01-01"}  # fmt: skip
+        jobs[f"prep{i}"] = {"kind": "prep", "name": f"prep{i}", "source": source,
+                            "out": f"{root}/digits/prep{i}/ds=2026-01-01"}  # fmt: skip
+    return jobs
+
+
+def _run_at_once(state_dir: str, root: str, jobs: dict[str, dict[str, Any]], tmp_path: Any) -> dict[str, Any]:
+    logs = {name: open(tmp_path / f"{name}.log", "w+") for name in jobs}
+    procs = {
+        name: subprocess.Popen(
+            [sys.executable, "-c", DRIVER, state_dir, root, json.dumps(job)],
+            env=subprocess_env(),
+            stdout=subprocess.PIPE,
+            stderr=logs[name],
+            text=True,
+        )
+        for name, job in jobs.items()
+    }
+    return {"procs": procs, "logs": logs}
+
+
+def _collect(running: dict[str, Any], timeout_s: float) -> dict[str, tuple[int, str, str]]:
+    outputs, deadline = {}, time.monotonic() + timeout_s
+    try:
+        for name, proc in running["procs"].items():
+            out, _ = proc.communicate(timeout=max(deadline - time.monotonic(), 1))
+            log = running["logs"][name]
+            log.seek(0)
+            outputs[name] = (proc.returncode, out, log.read())
+    finally:  # a hang fails the test (timeout above) and leaves no driver behind
+        for proc in running["procs"].values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        for log in running["logs"].values():
+            log.close()
+    return outputs
+
+
+def test_trainings_inferences_and_preprocessings_at_once_all_finish_with_correct_outputs(
     shared_cluster: Any,
     attached: Any,
     digits: tuple[str, Any],
@@ -85,57 +151,46 @@ def test_three_uncached_trainings_at_once_all_finish(
     monkeypatch: pytest.MonkeyPatch,
     capfd: pytest.CaptureFixture[str],
 ) -> None:
+    from airflow_bigdata_ai.examples.datasets.examples import prepare_digits_source
+    from tests.support.infer_models import save_model
+
     root, shardset = digits
+    store = open_store(root)
+    model = save_model(store, f"{root}/models/digits/model.pt")
+    source = prepare_digits_source(300)
     started = time.monotonic()
-    logs = [open(tmp_path / f"run{i}.log", "w+") for i in range(3)]
-    procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                DRIVER,
-                shared_cluster.config.state_dir,
-                root,
-                shardset.to_json(),
-                FACTORY,
-                json.dumps(SETTINGS),
-                f"run{i}",
-            ],
-            env=subprocess_env(),
-            stdout=subprocess.PIPE,
-            stderr=logs[i],
-            text=True,
-        )
-        for i in range(3)
-    ]
-    outputs = []
+    running = _run_at_once(shared_cluster.config.state_dir, root, _jobs(root, shardset, model, source), tmp_path)
     try:
         attached.ray()
         _wait_for_a_granted_job(300)
         stopped, teardown_log = _teardown_while_others_work(shared_cluster, monkeypatch, capfd)
-        for proc, log in zip(procs, logs, strict=True):
-            out, _ = proc.communicate(timeout=900)
-            log.seek(0)
-            outputs.append((proc.returncode, out, log.read()))
     finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        for log in logs:
-            log.close()
+        outputs = _collect(running, 1200)
     elapsed = time.monotonic() - started
-    sys.stderr.write(f"\n[admission] three uncached trainings at once finished in {elapsed:.0f} s\n")
-    for code, out, err in outputs:
-        assert code == 0, err[-4000:]
-        ref = ModelRef.from_json(out.split("MODELREF ", 1)[1])
-        assert ref.metrics["val_accuracy"] > 0.8, ref.metrics
-    logs = "\n".join(err for _code, _out, err in outputs)
-    # 3 trainings x 3 CPUs on a 4-CPU cluster: at least two of them waited, and said for what and behind whom
+    sys.stderr.write(f"\n[admission] 4 trainings + 2 inferences + 2 preprocessings at once: {elapsed:.0f} s\n")
+    for name, (code, _out, err) in outputs.items():
+        assert code == 0, f"{name}: {err[-4000:]}"
+    results = {name: json.loads(out.split("RESULT ", 1)[1]) for name, (_code, out, _err) in outputs.items()}
+
+    for i in range(4):
+        assert ModelRef.from_dict(results[f"train{i}"]).metrics["val_accuracy"] > 0.8, results[f"train{i}"]
+    source_ids = read_table(store, shardset).column("record_id").to_pylist()
+    for i in range(2):  # every row predicted exactly once
+        predictions = read_table(store, ShardSet.from_dict(results[f"infer{i}"]))
+        assert predictions.column("record_id").to_pylist() == source_ids
+        expected = read_table(store, shardset).column("label").to_numpy()
+        assert (predictions.column("predicted").to_numpy() == expected).mean() > 0.8
+    prepared = [ShardSet.from_dict(results[f"prep{i}"]) for i in range(2)]
+    assert prepared[0].num_rows == prepared[1].num_rows == 300
+    checksums = [[s.sha256 for s in load_manifest(store, p).shards] for p in prepared]
+    assert checksums[0] == checksums[1]  # the bytes a run alone writes (pinned parallelism)
+
+    logs = "\n".join(err for _code, _out, err in outputs.values())
+    # 4 trainings x 3 CPUs on a 4-CPU cluster: at least two of them waited, and said for what and behind whom
     assert logs.count("waiting for the shared cluster: training (2 workers x 1 CPUs + data 1) needs 3 CPUs") >= 2
     assert "admission_it.train run" in logs and "job(s) ahead" in logs
     assert logs.count("admitted to the shared cluster after") >= 2
-    # one DAG's teardown while these trainings ran: it waited, said for whom, and left the cluster running
+    # one DAG's teardown while these jobs ran: it waited, said for whom, and left the cluster running
     assert stopped is False
     assert "in use by" in teardown_log and "Ray job admission_it.train run" in teardown_log, teardown_log
     assert "Not stopping the shared cluster" in teardown_log, teardown_log
