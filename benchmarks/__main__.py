@@ -1,4 +1,4 @@
-"""One harness for the six benchmarks of issue 7: ``python -m benchmarks [--fast] [--only name,...]``.
+"""One harness for the benchmarks of issue 7: ``python -m benchmarks [--fast] [--only name,...]``.
 
 Each benchmark runs its variants in the same run on the same data, in a child process of its own (a crash
 or a leaked engine in one cannot spoil the next), and reports medians of several repetitions and ratios:
@@ -10,6 +10,8 @@ or a leaked engine in one cannot spoil the next), and reports medians of several
 4. train       RayTrainOperator's path vs a plain torch loop, s/epoch (benchmarks/bench_train.py; goal <= 1.3x)
 5. infer       torch eager vs OpenVINO f32/bf16/int8 and the FP32 ceiling (benchmarks/bench_infer.py)
 6. e2e         smart_transportation_cv on the shared cluster vs every task starting its own cluster (>= 1.5x)
+7. backfill    digits_e2e backfilled through the real scheduler at max_active_runs 1 and 3: dates per hour
+               (goal: 3 at once >= serial; no run slower than 3x alone; benchmarks/bench_backfill.py)
 
 Writes ``benchmarks/results/latest.json``, ``latest.md`` and ``docs/_static/benchmarks.png``. Without
 ``--state-dir`` it starts a shared cluster of its own (in the work dir) and stops it at the end.
@@ -39,7 +41,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-BENCHMARKS = ("cluster", "handoff", "preprocess", "train", "infer", "e2e")
+BENCHMARKS = ("cluster", "handoff", "preprocess", "train", "infer", "e2e", "backfill")
 TITLES = {
     "cluster": "1. Cluster: attach vs cold start",
     "handoff": "2. Handoff: shards into Ray",
@@ -47,6 +49,7 @@ TITLES = {
     "train": "4. Training (s/epoch)",
     "infer": "5. Inference (ResNet-18)",
     "e2e": "6. End to end (smart_transportation_cv)",
+    "backfill": "7. Backfill throughput (digits_e2e, real scheduler)",
 }
 XCOM_SHARDS = (1, 10, 100, 1000, 10000)
 DAG_ID = "smart_transportation_cv"
@@ -527,6 +530,13 @@ def bench_e2e(ctx: Ctx) -> dict[str, Any]:
     }
 
 
+# -- 7. backfill (bench_backfill.py) -------------------------------------------------------------------------
+def bench_backfill(ctx: Ctx) -> dict[str, Any]:
+    from benchmarks import bench_backfill as bb
+
+    return bb.bench_backfill(ctx, REPO, row)
+
+
 RUNNERS: dict[str, Callable[[Ctx], dict[str, Any]]] = {
     "cluster": bench_cluster,
     "handoff": bench_handoff,
@@ -534,6 +544,7 @@ RUNNERS: dict[str, Callable[[Ctx], dict[str, Any]]] = {
     "train": bench_train,
     "infer": bench_infer,
     "e2e": bench_e2e,
+    "backfill": bench_backfill,
 }
 
 

@@ -12,11 +12,13 @@ from airflow_bigdata_ai.cluster.client import (
     stop_cluster,
 )
 from airflow_bigdata_ai.cluster.config import ClusterConfig, ClusterEndpoint, ClusterUnavailable, default_state_dir
+from airflow_bigdata_ai.cluster.guard import ClusterLost
 
 __all__ = [
     "AttachedCluster",
     "ClusterConfig",
     "ClusterEndpoint",
+    "ClusterLost",
     "ClusterUnavailable",
     "attach",
     "cluster_status",

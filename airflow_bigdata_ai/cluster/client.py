@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
@@ -11,6 +12,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from airflow_bigdata_ai.cluster import procs
@@ -26,6 +28,7 @@ from airflow_bigdata_ai.cluster.config import (
     write_json_atomic,
     write_token,
 )
+from airflow_bigdata_ai.cluster.guard import ClusterLost, bound_spark_connect_retries, guard
 from airflow_bigdata_ai.cluster.ray_driver import reload_ray_auth_config, route_ray_logging
 from airflow_bigdata_ai.cluster.service import port_open
 
@@ -265,6 +268,7 @@ class AttachedCluster:
         self.endpoint = endpoint
         self._spark: SparkSession | None = None
         self._ray_initialised = False
+        self._lost = False
 
     def __repr__(self) -> str:
         return f"AttachedCluster({self.endpoint.spark_connect_url}, ray={self.endpoint.ray_address})"
@@ -280,6 +284,7 @@ class AttachedCluster:
                     os.environ[name] = ",".join(filter(None, [current, "localhost", "127.0.0.1"]))
             url = self.endpoint.spark_connect_url_with_token(_token_for(self.config))
             self._spark = SparkSession.builder.remote(url).create()
+            bound_spark_connect_retries(self._spark)
         return self._spark
 
     def ray(self) -> None:
@@ -308,6 +313,9 @@ class AttachedCluster:
             if callable(previous):
                 signal.signal(signal.SIGTERM, previous)
             self._ray_initialised = True
+        # Ray Data calls ray.init() itself when this process lost its connection: with no address that starts a
+        # local Ray on this (Airflow worker) host and runs the job there. Pointing it here makes it fail instead.
+        os.environ["RAY_ADDRESS"] = self.endpoint.ray_address
         import ray.data  # its import installs a stderr handler: route again
 
         route_ray_logging()
@@ -315,15 +323,32 @@ class AttachedCluster:
     def close(self) -> None:
         if self._spark is not None:
             try:
-                self._spark.stop()
+                if self._lost:  # releasing the session would retry against a dead server for a minute
+                    self._spark.client.close()
+                else:
+                    self._spark.stop()
             except Exception:
                 log.debug("Spark Connect session stop failed", exc_info=True)
             self._spark = None
+        if self._ray_initialised and self._lost:
+            self._ray_initialised = False  # ray.shutdown would wait for the dead GCS; Ray's atexit hook still runs
         if self._ray_initialised:
             import ray
 
             ray.shutdown()
             self._ray_initialised = False
+            if os.environ.get("RAY_ADDRESS") == self.endpoint.ray_address:
+                del os.environ["RAY_ADDRESS"]
+
+    @contextlib.contextmanager
+    def guard(self, what: str) -> Iterator[None]:
+        """Run one stage's work; if the cluster dies meanwhile, fail within a minute with :class:`ClusterLost`."""
+        try:
+            with guard(self.endpoint, lambda: _probe(self.endpoint, check_pid=False), what, spark=lambda: self._spark):
+                yield
+        except ClusterLost:
+            self._lost = True  # close() must not wait on a server that is gone
+            raise
 
     def __enter__(self) -> AttachedCluster:
         return self

@@ -8,6 +8,7 @@ also goes to its own XCom key for dashboards.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -137,19 +138,20 @@ class OpenVINOInferOperator(SharedClusterOperator):
                 options.precision,
                 options.engine,
             )
-            result = run_inference(
-                ref,
-                data,
-                location,
-                model_store=self.hook.store_for(ref.weights_uri),
-                input_store=self.hook.store_for(data.manifest_uri),
-                output_store=output_store,
-                options=options,
-                spark=self._spark,
-                producer=self.producer(context),
-                tag=self._tag,
-                log_fn=self.log.info,
-            )
+            with attached.guard("inference") if attached is not None else contextlib.nullcontext():
+                result = run_inference(
+                    ref,
+                    data,
+                    location,
+                    model_store=self.hook.store_for(ref.weights_uri),
+                    input_store=self.hook.store_for(data.manifest_uri),
+                    output_store=output_store,
+                    options=options,
+                    spark=self._spark,
+                    producer=self.producer(context),
+                    tag=self._tag,
+                    log_fn=self.log.info,
+                )
         except (InferenceError, ChecksumMismatch, UserCodeError, AdmissionRefused) as exc:
             # deterministic (a gate, shapes, weights that do not fit, a missing module or bad factory kwargs,
             # more CPUs than the cluster can ever give)

@@ -148,14 +148,15 @@ class SparkPreprocessOperator(SharedClusterOperator):
         try:
             self._spark = attached.spark()
             self.log.info("Preprocessing %s -> %s (Spark job tag %s)", spec.uri, location, self._tag)
-            shardset = run_prepared(
-                prepared,
-                spark=self._spark,
-                producer=self.producer(context),
-                progress=self._log_progress,
-                progress_interval_s=self.progress_interval_s,
-                tag=self._tag,
-            )
+            with attached.guard("preprocessing"):
+                shardset = run_prepared(
+                    prepared,
+                    spark=self._spark,
+                    producer=self.producer(context),
+                    progress=self._log_progress,
+                    progress_interval_s=self.progress_interval_s,
+                    tag=self._tag,
+                )
         except not_retried as exc:
             raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
         finally:

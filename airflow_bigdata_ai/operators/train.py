@@ -221,16 +221,17 @@ class RayTrainOperator(ResumableJobMixin, SharedClusterOperator):
         try:
             attached.ray()
             self._running = True
-            self._ref = train(  # logs each epoch itself (once)
-                self.train_data,
-                store,
-                self._factory(),
-                config=config,
-                run=run,
-                factory_kwargs=self.factory_kwargs,
-                validation_data=self.validation_data,
-                output_root=self.output_root,
-            )
+            with attached.guard("training"):
+                self._ref = train(  # logs each epoch itself (once)
+                    self.train_data,
+                    store,
+                    self._factory(),
+                    config=config,
+                    run=run,
+                    factory_kwargs=self.factory_kwargs,
+                    validation_data=self.validation_data,
+                    output_root=self.output_root,
+                )
         finally:
             self._running = False
             attached.close()

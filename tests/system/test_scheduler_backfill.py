@@ -1,16 +1,22 @@
-"""The real scheduler runs the example DAG: a REST-triggered run, a 2-day backfill (both dates at once), and a
-cleared date.
+"""The real scheduler runs the example DAG: a REST-triggered run, a 6-date backfill (three runs at once), and
+a cleared date.
 
-The backfill is created with ``POST /api/v2/backfills`` (what the UI's Backfill button calls). Each date
-gets its own output partition; clearing one date reruns it and atomically replaces only its outputs;
-one shared cluster (started once, for the whole test session) serves every run.
+The backfill is created with ``POST /api/v2/backfills`` (what the UI's Backfill button calls) with the
+backfill's ``max_active_runs=3`` (a backfill ignores the DAG's own ``max_active_runs=1``), so trainings,
+inferences and preprocessings of three dates share the cluster, ordered by its admission queue (issue 15).
+Every date reads the same images, so each date's outputs must equal those of the run alone: identical
+preprocessing shards, training accuracy within 1 point. Each date gets its own output partition; clearing
+one date reruns it and atomically replaces only its outputs; one shared cluster (started once, for the whole
+test session) serves every run.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
+from typing import Any
 
 import pytest
 
@@ -42,6 +48,16 @@ def manifests(snap: dict[str, str]) -> list[str]:
     return sorted(p for p in snap if "/_manifests/" in p)
 
 
+BACKFILL_DATES = [f"2026-11-0{day}" for day in range(1, 7)]
+
+
+def val_accuracy(api: Any, run_id: str) -> float:
+    from airflow_bigdata_ai.shards import ModelRef
+
+    value = api.api("GET", f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/train/xcomEntries/return_value")["value"]
+    return float(ModelRef.coerce(json.loads(value) if isinstance(value, str) else value).metrics["val_accuracy"])
+
+
 def test_trigger_backfill_and_clear_through_the_api(example_airflow):
     api = example_airflow.services
     api.wait_for_dag(DAG_ID)
@@ -54,24 +70,31 @@ def test_trigger_backfill_and_clear_through_the_api(example_airflow):
         "/backfills",
         json={
             "dag_id": DAG_ID,
-            "from_date": "2026-11-01T00:00:00Z",
-            "to_date": "2026-11-02T00:00:00Z",
-            "max_active_runs": 2,  # both dates at once: the cluster's admission queue orders their trainings
+            "from_date": f"{BACKFILL_DATES[0]}T00:00:00Z",
+            "to_date": f"{BACKFILL_DATES[-1]}T00:00:00Z",
+            "max_active_runs": 3,  # three dates at once: the cluster's admission queue orders their jobs
             "reprocess_behavior": "none",
         },
     )
     assert backfill["dag_id"] == DAG_ID
     runs = api.api("GET", f"/dags/{DAG_ID}/dagRuns", params={"run_type": "backfill"})["dag_runs"]
     run_ids = sorted(r["dag_run_id"] for r in runs)
-    assert len(run_ids) == 2
-    states = api.wait_for_runs(DAG_ID, run_ids)
+    assert len(run_ids) == len(BACKFILL_DATES)
+    states = api.wait_for_runs(DAG_ID, run_ids, timeout_s=1800)
     assert set(states.values()) == {"success"}, states
 
-    dates = ["2026-11-01", "2026-11-02", "2026-11-10"]
+    dates = [*BACKFILL_DATES, "2026-11-10"]
     before = {d: snapshot(example_airflow.store_root, d) for d in dates}
     for date, snap in before.items():
         assert len(manifests(snap)) == len(SHARDSET_TASKS), f"{date}: one manifest per task, got {manifests(snap)}"
         assert any("/train/" in p and p.endswith(".pt") for p in snap), f"{date}: no trained weights"
+    # each date equals the run alone: the same preprocessing bytes, the same training within 1 point
+    alone = before["2026-11-10"]
+    alone_accuracy = val_accuracy(api, manual["dag_run_id"])
+    for date, run_id in zip(BACKFILL_DATES, run_ids, strict=True):
+        assert date in run_id, (date, run_id)
+        assert parquet_checksums(before[date], "preprocess") == parquet_checksums(alone, "preprocess"), date
+        assert abs(val_accuracy(api, run_id) - alone_accuracy) <= 0.01, (date, val_accuracy(api, run_id))
 
     cleared = next(r for r in run_ids if "2026-11-02" in r)
     api.api(
@@ -82,8 +105,9 @@ def test_trigger_backfill_and_clear_through_the_api(example_airflow):
     assert api.wait_for_runs(DAG_ID, [cleared]) == {cleared: "success"}
 
     after = {d: snapshot(example_airflow.store_root, d) for d in dates}
-    for date in ("2026-11-01", "2026-11-10"):
-        assert after[date] == before[date], f"{date} changed although only 2026-11-02 was cleared"
+    for date in dates:
+        if date != "2026-11-02":
+            assert after[date] == before[date], f"{date} changed although only 2026-11-02 was cleared"
     rerun = after["2026-11-02"]
     assert len(manifests(rerun)) == len(SHARDSET_TASKS)
     assert manifests(rerun) != manifests(before["2026-11-02"]), "the rerun published new manifests"
@@ -95,5 +119,5 @@ def test_trigger_backfill_and_clear_through_the_api(example_airflow):
     starts = re.findall(r"started cluster service pid \d+ \(cluster (\w+)\)", logs)
     attached = re.findall(r"Attached to shared cluster (\w+)", logs)
     assert starts == [], f"no run may start a cluster of its own, saw {starts}"
-    assert len(attached) >= 4 * 4, "setup, preprocess, train and infer attached in every run"
+    assert len(attached) >= 4 * (len(dates) + 1), "setup, preprocess, train and infer attached in every run"
     assert set(attached) == {example_airflow.cluster.endpoint.cluster_id}, f"one shared cluster, saw {set(attached)}"
