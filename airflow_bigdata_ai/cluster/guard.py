@@ -1,7 +1,7 @@
 """A job's view of the cluster dying under it: fail in bounded time, naming the cluster, never hang.
 
 Without this, a task whose shared cluster was killed mid-job waited for pyspark's Spark Connect retries
-(about 10 minutes of backoff against a closed port, measured: still blocked 100 s after the kill) or failed
+(about 10 minutes of backoff against a closed port; measured: still blocked 272 s after the kill) or failed
 with Ray's "actor is temporarily unavailable: Socket closed", which names neither the cluster nor the way out.
 :func:`guard` wraps one stage's work: a watchdog probes the cluster's ports while it runs and, once they
 stay closed for ``lost_after_s``, closes the stage's Spark Connect session so a blocked call returns; any
