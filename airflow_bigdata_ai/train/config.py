@@ -24,6 +24,10 @@ class TrainConfig:
     ``data_cpus`` are the CPUs this training's Ray Data reading may use beside its workers; the job waits
     in the shared cluster's admission queue (at most ``admission_timeout_s``) until the workers' CPUs plus
     these are free (:mod:`airflow_bigdata_ai.cluster.admission`).
+    ``worker_group_start_timeout_s`` (Ray's default: 60 s) bounds the start of the Ray Train workers (spawn,
+    import torch, join the gloo group): on a CPU-starved machine that took longer, and the group restarted.
+    ``worker_health_check_timeout_s`` (Ray's default, 600 s) is how long a worker's health check may hang
+    before it counts as dead. Every restart logs the cause Ray Train recorded (:mod:`.restarts`).
     """
 
     epochs: int = 5
@@ -47,6 +51,8 @@ class TrainConfig:
     cache_data: bool | None = None
     data_cpus: float = 1.0
     admission_timeout_s: float = 3600.0
+    worker_group_start_timeout_s: float = 300.0
+    worker_health_check_timeout_s: float = 600.0
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -69,6 +75,8 @@ class TrainConfig:
             raise ValueError("data_cpus must be > 0 (Ray Data needs a CPU to read the shards)")
         if not self.admission_timeout_s > 0:
             raise ValueError("admission_timeout_s must be > 0")
+        if not (self.worker_group_start_timeout_s > 0 and self.worker_health_check_timeout_s > 0):
+            raise ValueError("worker_group_start_timeout_s and worker_health_check_timeout_s must be > 0")
         if self.checkpoint_every < 1:
             raise ValueError("checkpoint_every must be >= 1")
         if self.train_step is not None and not (isinstance(self.train_step, str) or callable(self.train_step)):
@@ -99,7 +107,16 @@ class TrainConfig:
         ``epochs`` and ``max_failures`` are left out, so a retry that only asks for more epochs still resumes.
         """
         data = asdict(self)
-        for volatile in ("epochs", "max_failures", "cache_data", "data_cpus", "admission_timeout_s"):
+        volatile_settings = (
+            "epochs",
+            "max_failures",
+            "cache_data",
+            "data_cpus",
+            "admission_timeout_s",
+            "worker_group_start_timeout_s",
+            "worker_health_check_timeout_s",
+        )
+        for volatile in volatile_settings:
             data.pop(volatile)
         step = data.pop("train_step")
         data["train_step"] = step if isinstance(step, str) or step is None else _callable_name(step)

@@ -36,6 +36,7 @@ from airflow_bigdata_ai.shards.tensors import tensor_spec
 from airflow_bigdata_ai.train.config import EpochProgress, RunKey, TrainConfig
 from airflow_bigdata_ai.train.ingest import datasets_for, ingest_config
 from airflow_bigdata_ai.train.loop import LoopSpec, train_loop
+from airflow_bigdata_ai.train.restarts import apply_timeouts, describe_timeouts, restart_cause
 from airflow_bigdata_ai.usercode import CodeBundle, UserCallable, UserCodeError, bundle_for
 
 if TYPE_CHECKING:
@@ -90,9 +91,15 @@ class _EventWatcher:
     """Tails the events rank 0 writes to the store and turns them into log lines and progress callbacks."""
 
     def __init__(
-        self, store: ShardStore, events: StoreURI, epochs: int, progress: Callable[[EpochProgress], None] | None
+        self,
+        store: ShardStore,
+        events: StoreURI,
+        epochs: int,
+        progress: Callable[[EpochProgress], None] | None,
+        timeouts: str = "",
     ) -> None:
         self.store, self.events, self.epochs, self.progress = store, events, epochs, progress
+        self.timeouts = timeouts
         self.seen: set[str] = set()
         self.starts: list[int] = []
         self.last_epoch: dict[str, Any] = {}
@@ -123,12 +130,17 @@ class _EventWatcher:
             event = json.loads(self.store.read_bytes(uri))
             if event["type"] == "start":
                 self.starts.append(int(event["start_epoch"]))
-                if len(self.starts) > 1 or event["start_epoch"] > 0:
+                if len(self.starts) > 1:
                     log.warning(
-                        "training (re)started at epoch %d (worker-group restart %d in this attempt)",
+                        "training restarted at epoch %d (worker-group restart %d in this attempt); cause: %s "
+                        "(Ray Train timeouts: %s)",
                         event["start_epoch"],
                         len(self.starts) - 1,
+                        restart_cause(len(self.starts) - 1),
+                        self.timeouts,
                     )
+                elif event["start_epoch"] > 0:
+                    log.info("training resumed at epoch %d from the last checkpoint", event["start_epoch"])
                 else:
                     log.info("training started with %d workers", event.get("world_size", 0))
             elif event["type"] == "epoch":
@@ -267,8 +279,9 @@ def train(
             train_ds = train_ds.materialize()
             val_ds = val_ds.materialize() if val_ds is not None else None
         datasets = {"train": train_ds} | ({"val": val_ds} if val_ds is not None else {})
+        apply_timeouts(config)
         trainer = _trainer(spec, store, base, datasets)
-        with _EventWatcher(store, events, config.epochs, progress) as watcher:
+        with _EventWatcher(store, events, config.epochs, progress, describe_timeouts(config)) as watcher:
             try:
                 result = trainer.fit()
             except Exception as exc:

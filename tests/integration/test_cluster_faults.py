@@ -3,7 +3,8 @@
 Not on the session's shared cluster: these tests kill its executors and its service. An executor also hosts
 a Ray worker node, and the shared cluster's Ray on Spark took minutes to settle after losing one (later
 tests' trainings waited 5 minutes for nodes). Order matters and is the file's: the executor is killed first;
-then the whole service, whose "retry" starts the cluster this module's fixture finally stops.
+then the whole service, whose "retry" starts a new cluster; then that cluster's Ray worker node, during an
+inference. The fixture stops whatever cluster is left.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from airflow_bigdata_ai.cluster.procs import session_members
 from airflow_bigdata_ai.examples.datasets.digits import write_digits
 from airflow_bigdata_ai.examples.sample_data import write_digits_shardset
 from airflow_bigdata_ai.preprocess import preprocess
-from airflow_bigdata_ai.shards import ShardSet, current_shardset, load_manifest, open_store
+from airflow_bigdata_ai.shards import ShardSet, current_shardset, load_manifest, open_store, read_table
 from airflow_bigdata_ai.train import RunKey, checkpoint_uri
 from tests.support.cluster_fixtures import assert_nothing_left, cluster_processes, service_record, subprocess_env
 
@@ -140,6 +141,16 @@ TASK = textwrap.dedent(
                             "airflow_bigdata_ai.examples.models.digits:make_digits_cnn",
                             config=TrainConfig(epochs=job["epochs"], num_workers=1, batch_size=64),
                             run=RunKey("faults_it", "train", "r1", "2026-01-01"), output_root=root)
+        elif job["kind"] == "infer":
+            from airflow_bigdata_ai.infer import InferOptions, run_inference
+            from airflow_bigdata_ai.shards import ModelRef
+
+            cluster.ray()
+            with cluster.guard("inference"):
+                ref = run_inference(ModelRef.from_json(job["model"]), ShardSet.from_json(job["data"]), job["out"],
+                                    model_store=store, input_store=store,
+                                    options=InferOptions(engine="ray", precision="f32", num_workers=1),
+                                    log_fn=lambda line: print(line, file=sys.stderr, flush=True)).shardset
         else:
             from airflow_bigdata_ai.preprocess import preprocess
 
@@ -238,3 +249,53 @@ def test_the_cluster_service_killed_during_running_tasks_fails_them_in_bounded_t
     assert "resuming from the last checkpoint" in (tmp_path / "train-2.log").read_text()
     for handle in [*logs.values(), *logs2.values()]:
         handle.close()
+
+
+def _worker_node_raylets(state_dir: str) -> list[psutil.Process]:
+    """The raylets of Ray worker nodes: those Spark executors host (the head's raylet runs beside the driver)."""
+    found = []
+    for pid in cluster_processes(state_dir):
+        try:
+            proc = psutil.Process(pid)
+            if "raylet" in proc.name() and any(
+                "CoarseGrainedExecutorBackend" in " ".join(p.cmdline()) for p in proc.parents()
+            ):
+                found.append(proc)
+        except psutil.NoSuchProcess:
+            continue
+    return found
+
+
+def test_a_ray_worker_node_killed_during_inference_every_row_is_predicted_once(
+    own_cluster: ClusterConfig, tmp_path: Any
+) -> None:
+    from tests.support.infer_models import save_model, write_digits
+
+    root = str(tmp_path / "store")
+    store = open_store(root)
+    model = save_model(store, f"{root}/models/digits/model.pt")
+    data = write_digits(store, f"{root}/data/digits", shards=24)
+    job = {"kind": "infer", "model": model.to_json(), "data": data.to_json(), "out": f"{root}/out/ds=2026-01-01"}
+    log_path = tmp_path / "infer.log"
+    with open(log_path, "w+") as log:
+        task = _start_task(own_cluster, root, job, log)
+        try:
+            deadline = time.monotonic() + 300
+            while "Predicting " not in log_path.read_text() and time.monotonic() < deadline:
+                assert task.poll() is None, log_path.read_text()[-3000:]
+                time.sleep(0.2)
+            raylets = _worker_node_raylets(own_cluster.state_dir)
+            assert raylets, "no Ray worker node found"
+            for raylet in raylets:
+                raylet.send_signal(signal.SIGKILL)
+            out, _ = task.communicate(timeout=600)
+        finally:
+            if task.poll() is None:
+                task.kill()
+                task.wait()
+    assert "RESULT " in out, (out, log_path.read_text()[-3000:])
+    predictions = read_table(store, ShardSet.from_json(out.split("RESULT ", 1)[1]))
+    source = read_table(store, data)
+    assert predictions.column("record_id").to_pylist() == source.column("record_id").to_pylist()  # each once
+    agree = (predictions.column("predicted").to_numpy() == source.column("label").to_numpy()).mean()
+    assert agree > 0.8, agree

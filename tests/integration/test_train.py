@@ -8,10 +8,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -109,7 +111,11 @@ def test_worker_killed_mid_run_restarts_and_converges(
     print("worker-kill metrics:", json.dumps(ref.metrics))
     assert marker.exists(), "the fault was never injected"
     assert ref.metrics["restarts"] >= 1, ref.metrics
-    assert "restart 1" in caplog.text  # visible in the task log
+    assert "restart 1" in caplog.text  # visible in the task log, with the cause Ray Train recorded
+    cause = re.search(r"worker-group restart 1 in this attempt\); cause: (.*)", caplog.text)
+    assert cause and re.match(r"attempt \w+ ended ERRORED: .+", cause.group(1)), caplog.text[-3000:]
+    assert "worker_group_start_timeout_s=300" in cause.group(1), cause.group(1)
+    print("restart cause:", cause.group(1))
     assert abs(ref.metrics["val_accuracy"] - baseline.metrics["val_accuracy"]) <= 0.02, (
         ref.metrics,
         baseline.metrics,
@@ -271,3 +277,46 @@ def test_operator_on_kill_leaves_no_ray_actor(
     job_id = open(out + ".job").read().strip()
     assert wait_job_actors_gone(job_id, timeout=30) == []
     assert not os.path.exists(out)
+
+
+def test_training_under_cpu_starvation_finishes_and_any_restart_says_why(
+    attached: Any, digits: Digits, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 15: busy loops at 3x the machine's cores (a worker group once restarted at epoch 0 with no cause)."""
+    cores = os.cpu_count() or 1
+    hogs = [
+        subprocess.Popen([sys.executable, "-c", "while True: pass"], start_new_session=True) for _ in range(3 * cores)
+    ]
+    runnable: list[int] = []  # processes ready to run, sampled from /proc/loadavg while training
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(0.5):
+            with open("/proc/loadavg") as handle:
+                runnable.append(int(handle.read().split()[3].split("/")[0]))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    attached.ray()
+    caplog.set_level(logging.INFO, logger="airflow_bigdata_ai.train")
+    started = time.monotonic()
+    sampler.start()
+    try:
+        ref = train(
+            digits.shardset,
+            digits.store,
+            FACTORY,
+            config=TrainConfig(**{**SETTINGS, "epochs": 2}),
+            run=RunKey("train_it", "train", "starved", "2026-01-01"),
+        )
+    finally:
+        stop.set()
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+    typical = sorted(runnable)[len(runnable) // 2] if runnable else 0
+    print(f"starved training: {time.monotonic() - started:.0f} s, median {typical} runnable on {cores} cores")
+    assert typical >= 3 * cores, f"the machine was not starved ({typical} runnable on {cores} cores)"
+    assert ref.metrics["val_accuracy"] >= 0.8, ref.metrics
+    restarts = re.findall(r"worker-group restart \d+ in this attempt\); cause: (.*)", caplog.text)
+    assert len(restarts) == ref.metrics["restarts"], caplog.text[-3000:]
+    assert all(re.match(r"attempt \w+ ended \w+: ", cause) for cause in restarts), restarts

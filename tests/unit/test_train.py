@@ -224,3 +224,25 @@ def test_progress_watcher_reports_each_epoch_once_even_while_its_file_is_being_w
     os.rename(os.path.join(events.path, ".tmp-abc123"), os.path.join(events.path, "0001-abcdef.json"))
     watcher.poll()
     assert [line.epoch for line in seen] == [0]
+
+
+def test_ray_train_timeouts_are_settings_handed_to_ray_and_not_part_of_the_fingerprint(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from airflow_bigdata_ai.train.restarts import (
+        WORKER_GROUP_START_TIMEOUT_ENV,
+        WORKER_HEALTH_CHECK_TIMEOUT_ENV,
+        apply_timeouts,
+    )
+
+    monkeypatch.delenv(WORKER_GROUP_START_TIMEOUT_ENV, raising=False)
+    monkeypatch.delenv(WORKER_HEALTH_CHECK_TIMEOUT_ENV, raising=False)
+    default = TrainConfig()
+    assert (default.worker_group_start_timeout_s, default.worker_health_check_timeout_s) == (300.0, 600.0)
+    slow = TrainConfig(worker_group_start_timeout_s=900, worker_health_check_timeout_s=1200)
+    assert slow.fingerprint() == default.fingerprint()  # a retry with longer timeouts still resumes
+    apply_timeouts(slow)
+    assert os.environ[WORKER_GROUP_START_TIMEOUT_ENV] == "900"
+    assert os.environ[WORKER_HEALTH_CHECK_TIMEOUT_ENV] == "1200"
+    with pytest.raises(ValueError, match="worker_group_start_timeout_s"):
+        TrainConfig(worker_group_start_timeout_s=0)

@@ -1,0 +1,62 @@
+"""Why a Ray Train worker group restarted, in the task's log, and the timeouts that can cause it.
+
+Ray Train's controller runs on the cluster and logs there, so a task log used to show only "training
+(re)started at epoch 0 (worker-group restart 1)" with no cause. The controller records each attempt's end
+in Ray Train's state actor (status and detail: the worker that died, the health check or start that timed
+out); :func:`restart_cause` reads it for this driver's Ray job. The two timeouts Ray Train applies are
+:class:`~airflow_bigdata_ai.train.TrainConfig` settings (:func:`apply_timeouts`); Ray propagates them from
+the driver's environment to its controller and workers.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from airflow_bigdata_ai.train.config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+WORKER_GROUP_START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
+WORKER_HEALTH_CHECK_TIMEOUT_ENV = "RAY_TRAIN_WORKER_HEALTH_CHECK_TIMEOUT_S"
+
+
+def apply_timeouts(config: TrainConfig) -> None:
+    """Hand the training's timeouts to Ray Train (read from the driver's environment at ``fit()``)."""
+    os.environ[WORKER_GROUP_START_TIMEOUT_ENV] = f"{config.worker_group_start_timeout_s:g}"
+    os.environ[WORKER_HEALTH_CHECK_TIMEOUT_ENV] = f"{config.worker_health_check_timeout_s:g}"
+
+
+def describe_timeouts(config: TrainConfig) -> str:
+    return (
+        f"worker_group_start_timeout_s={config.worker_group_start_timeout_s:g}, "
+        f"worker_health_check_timeout_s={config.worker_health_check_timeout_s:g}"
+    )
+
+
+def restart_cause(restart: int) -> str:
+    """What ended the attempt before restart number ``restart`` of this driver's training, as Ray Train recorded it."""
+    try:
+        import ray
+        from ray.train.v2._internal.state.state_actor import get_state_actor
+
+        actor = get_state_actor()
+        if actor is None:
+            return "Ray Train's state actor is not running (no cause recorded)"
+        job_id = ray.get_runtime_context().get_job_id()
+        runs = ray.get(actor.get_train_runs.remote(), timeout=30)
+        attempts = ray.get(actor.get_train_run_attempts.remote(), timeout=30)
+    except Exception as exc:  # the cause is a diagnosis: never fail the training for it
+        return f"cause unavailable ({type(exc).__name__}: {exc})"
+    mine = [run_id for run_id, run in runs.items() if getattr(run, "job_id", None) == job_id]
+    ended = sorted(
+        (a for run_id in mine for a in attempts.get(run_id, {}).values() if a.end_time_ns),
+        key=lambda a: a.start_time_ns,
+    )
+    if len(ended) < restart:
+        return "no ended attempt recorded yet"
+    attempt = ended[restart - 1]
+    status = getattr(attempt.status, "value", attempt.status)
+    return f"attempt {attempt.attempt_id[:8]} ended {status}: {attempt.status_detail or 'no detail recorded'}"
