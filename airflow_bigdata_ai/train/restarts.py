@@ -21,10 +21,16 @@ log = logging.getLogger(__name__)
 
 WORKER_GROUP_START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
 WORKER_HEALTH_CHECK_TIMEOUT_ENV = "RAY_TRAIN_WORKER_HEALTH_CHECK_TIMEOUT_S"
+STATE_TRACKING_ENV = "RAY_TRAIN_ENABLE_STATE_TRACKING"  # off by default: without it no attempt's end is recorded
 
 
 def apply_timeouts(config: TrainConfig) -> None:
-    """Hand the training's timeouts to Ray Train (read from the driver's environment at ``fit()``)."""
+    """Hand the training's timeouts to Ray Train (read from the driver's environment at ``fit()``).
+
+    Also turns on Ray Train's state tracking (a zero-CPU actor on the head node, which also feeds the Ray
+    dashboard's Train view), where the controller records why each attempt ended.
+    """
+    os.environ.setdefault(STATE_TRACKING_ENV, "1")
     os.environ[WORKER_GROUP_START_TIMEOUT_ENV] = f"{config.worker_group_start_timeout_s:g}"
     os.environ[WORKER_HEALTH_CHECK_TIMEOUT_ENV] = f"{config.worker_health_check_timeout_s:g}"
 
