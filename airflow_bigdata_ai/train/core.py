@@ -100,6 +100,7 @@ class _EventWatcher:
     ) -> None:
         self.store, self.events, self.epochs, self.progress = store, events, epochs, progress
         self.timeouts = timeouts
+        self.created_ns = time.time_ns()  # just before fit(): older Ray Train runs of this driver are not ours
         self.seen: set[str] = set()
         self.starts: list[int] = []
         self.last_epoch: dict[str, Any] = {}
@@ -136,7 +137,7 @@ class _EventWatcher:
                         "(Ray Train timeouts: %s)",
                         event["start_epoch"],
                         len(self.starts) - 1,
-                        restart_cause(len(self.starts) - 1),
+                        restart_cause(len(self.starts) - 1, self.created_ns),
                         self.timeouts,
                     )
                 elif event["start_epoch"] > 0:

@@ -42,8 +42,11 @@ def describe_timeouts(config: TrainConfig) -> str:
     )
 
 
-def restart_cause(restart: int) -> str:
-    """What ended the attempt before restart number ``restart`` of this driver's training, as Ray Train recorded it."""
+def restart_cause(restart: int, since_ns: int) -> str:
+    """What ended the attempt before restart number ``restart``, as Ray Train recorded it.
+
+    The training is the run this driver's Ray job started after ``since_ns`` (a driver may have trained before).
+    """
     try:
         import ray
         from ray.train.v2._internal.state.state_actor import get_state_actor
@@ -56,7 +59,11 @@ def restart_cause(restart: int) -> str:
         attempts = ray.get(actor.get_train_run_attempts.remote(), timeout=30)
     except Exception as exc:  # the cause is a diagnosis: never fail the training for it
         return f"cause unavailable ({type(exc).__name__}: {exc})"
-    mine = [run_id for run_id, run in runs.items() if getattr(run, "job_id", None) == job_id]
+    mine = [
+        run_id
+        for run_id, run in runs.items()
+        if getattr(run, "job_id", None) == job_id and getattr(run, "start_time_ns", 0) >= since_ns
+    ]
     ended = sorted(
         (a for run_id in mine for a in attempts.get(run_id, {}).values() if a.end_time_ns),
         key=lambda a: a.start_time_ns,
