@@ -133,12 +133,12 @@ class _EventWatcher:
                 self.starts.append(int(event["start_epoch"]))
                 if len(self.starts) > 1:
                     log.warning(
-                        "training restarted at epoch %d (worker-group restart %d in this attempt); cause: %s "
-                        "(Ray Train timeouts: %s)",
+                        "training restarted at epoch %d (worker-group restart %d in this attempt; Ray Train "
+                        "timeouts: %s); cause: %s",
                         event["start_epoch"],
                         len(self.starts) - 1,
-                        restart_cause(len(self.starts) - 1, self.created_ns),
                         self.timeouts,
+                        restart_cause(len(self.starts) - 1, self.created_ns),
                     )
                 elif event["start_epoch"] > 0:
                     log.info("training resumed at epoch %d from the last checkpoint", event["start_epoch"])

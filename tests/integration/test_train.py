@@ -112,10 +112,15 @@ def test_worker_killed_mid_run_restarts_and_converges(
     assert marker.exists(), "the fault was never injected"
     assert ref.metrics["restarts"] >= 1, ref.metrics
     assert "restart 1" in caplog.text  # visible in the task log, with the cause Ray Train recorded
-    cause = re.search(r"worker-group restart 1 in this attempt\); cause: (.*)", caplog.text)
-    assert cause and re.match(r"attempt \w+ ended ERRORED: .+", cause.group(1)), caplog.text[-3000:]
-    assert "worker_group_start_timeout_s=300" in cause.group(1), cause.group(1)
-    print("restart cause:", cause.group(1))
+    restart = re.search(
+        r"worker-group restart 1 in this attempt; Ray Train timeouts: (.*?)\); cause: (.*)", caplog.text, re.S
+    )
+    assert restart, caplog.text[-3000:]
+    timeouts, cause = restart.groups()
+    assert timeouts == "worker_group_start_timeout_s=300, worker_health_check_timeout_s=600", timeouts
+    # which attempt, which worker, which check: "[Rank 1 Error Snippet]: A worker health check failed. ..."
+    assert re.match(r"attempt \w+ ended ERRORED: ", cause) and "Rank 1" in cause and "health check" in cause, cause
+    print("restart cause:", cause[:2000])
     assert abs(ref.metrics["val_accuracy"] - baseline.metrics["val_accuracy"]) <= 0.02, (
         ref.metrics,
         baseline.metrics,
@@ -317,6 +322,8 @@ def test_training_under_cpu_starvation_finishes_and_any_restart_says_why(
     print(f"starved training: {time.monotonic() - started:.0f} s, median {typical} runnable on {cores} cores")
     assert typical >= 3 * cores, f"the machine was not starved ({typical} runnable on {cores} cores)"
     assert ref.metrics["val_accuracy"] >= 0.8, ref.metrics
-    restarts = re.findall(r"worker-group restart \d+ in this attempt\); cause: (.*)", caplog.text)
+    restarts = re.findall(
+        r"worker-group restart \d+ in this attempt; Ray Train timeouts: .*?\); cause: (.*)", caplog.text
+    )
     assert len(restarts) == ref.metrics["restarts"], caplog.text[-3000:]
     assert all(re.match(r"attempt \w+ ended \w+: ", cause) for cause in restarts), restarts
