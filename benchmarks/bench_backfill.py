@@ -19,8 +19,8 @@ import time
 from typing import Any
 
 DAG_ID = "digits_e2e"
-SOLO_DATE = dt.date(2026, 10, 1)
-FIRST_BACKFILL_DATE = dt.date(2026, 10, 2)
+SOLO_DATE = dt.date(2026, 11, 20)  # the DAG starts 2026-11-01: earlier dates would create no runs
+FIRST_BACKFILL_DATE = dt.date(2026, 11, 1)
 
 
 def _seconds(run: dict[str, Any]) -> float:

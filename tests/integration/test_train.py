@@ -5,6 +5,7 @@ Kept short (a few epochs of digits): the machine has 2 cores shared with other t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -15,6 +16,7 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -95,19 +97,60 @@ def test_two_workers_reach_95_percent_and_modelref_loads_back(baseline: ModelRef
     assert digits.store.exists(checkpoint_uri(digits.store, run).join("result.json"))
 
 
-def test_worker_killed_mid_run_restarts_and_converges(
+@contextlib.contextmanager
+def _cpu_starvation(factor: int = 3) -> Iterator[list[int]]:
+    """Busy loops at ``factor`` x the machine's cores; yields the runnable-process counts sampled meanwhile."""
+    cores = os.cpu_count() or 1
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(factor * cores)]
+    runnable: list[int] = []  # processes ready to run, from /proc/loadavg
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(0.5):
+            with open("/proc/loadavg") as handle:
+                runnable.append(int(handle.read().split()[3].split("/")[0]))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        yield runnable
+    finally:
+        stop.set()
+        sampler.join(5)
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+
+
+def test_worker_killed_under_cpu_starvation_restarts_says_why_and_converges(
     attached: Any, digits: Digits, baseline: ModelRef, tmp_path: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """Issue 15: a Ray Train worker dies while busy loops hold the machine at 3x its cores.
+
+    Under such load a worker group once restarted at epoch 0 with no cause in the log. Now every restart,
+    the injected one and any the load causes, logs what Ray Train recorded and the timeouts behind it.
+    """
     marker = tmp_path / "killed-once"
     attached.ray()
     caplog.set_level(logging.INFO, logger="airflow_bigdata_ai.train")
-    ref = train(
-        digits.shardset,
-        digits.store,
-        FACTORY,
-        config=TrainConfig(**SETTINGS, train_step=ExitOnceStep(str(marker), epoch=2, batch=3, rank=1)),
-        run=RunKey("train_it", "train", "worker_kill", "2026-01-01"),
+    started = time.monotonic()
+    with _cpu_starvation() as runnable:
+        ref = train(
+            digits.shardset,
+            digits.store,
+            FACTORY,
+            config=TrainConfig(**SETTINGS, train_step=ExitOnceStep(str(marker), epoch=2, batch=3, rank=1)),
+            run=RunKey("train_it", "train", "worker_kill", "2026-01-01"),
+        )
+    typical, cores = sorted(runnable)[len(runnable) // 2], os.cpu_count() or 1
+    print(
+        f"starved worker-kill training: {time.monotonic() - started:.0f} s, median {typical} runnable on {cores} cores"
     )
+    assert typical >= 3 * cores, f"the machine was not starved ({typical} runnable on {cores} cores)"
+    causes = re.findall(
+        r"worker-group restart \d+ in this attempt; Ray Train timeouts: .*?\); cause: (.*)", caplog.text
+    )
+    assert len(causes) == ref.metrics["restarts"], caplog.text[-3000:]  # every restart says why
     print("worker-kill metrics:", json.dumps(ref.metrics))
     assert marker.exists(), "the fault was never injected"
     assert ref.metrics["restarts"] >= 1, ref.metrics
@@ -282,48 +325,3 @@ def test_operator_on_kill_leaves_no_ray_actor(
     job_id = open(out + ".job").read().strip()
     assert wait_job_actors_gone(job_id, timeout=30) == []
     assert not os.path.exists(out)
-
-
-def test_training_under_cpu_starvation_finishes_and_any_restart_says_why(
-    attached: Any, digits: Digits, caplog: pytest.LogCaptureFixture
-) -> None:
-    """Issue 15: busy loops at 3x the machine's cores (a worker group once restarted at epoch 0 with no cause)."""
-    cores = os.cpu_count() or 1
-    hogs = [
-        subprocess.Popen([sys.executable, "-c", "while True: pass"], start_new_session=True) for _ in range(3 * cores)
-    ]
-    runnable: list[int] = []  # processes ready to run, sampled from /proc/loadavg while training
-    stop = threading.Event()
-
-    def sample() -> None:
-        while not stop.wait(0.5):
-            with open("/proc/loadavg") as handle:
-                runnable.append(int(handle.read().split()[3].split("/")[0]))
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    attached.ray()
-    caplog.set_level(logging.INFO, logger="airflow_bigdata_ai.train")
-    started = time.monotonic()
-    sampler.start()
-    try:
-        ref = train(
-            digits.shardset,
-            digits.store,
-            FACTORY,
-            config=TrainConfig(**{**SETTINGS, "epochs": 2}),
-            run=RunKey("train_it", "train", "starved", "2026-01-01"),
-        )
-    finally:
-        stop.set()
-        for hog in hogs:
-            hog.kill()
-            hog.wait()
-    typical = sorted(runnable)[len(runnable) // 2] if runnable else 0
-    print(f"starved training: {time.monotonic() - started:.0f} s, median {typical} runnable on {cores} cores")
-    assert typical >= 3 * cores, f"the machine was not starved ({typical} runnable on {cores} cores)"
-    assert ref.metrics["val_accuracy"] >= 0.8, ref.metrics
-    restarts = re.findall(
-        r"worker-group restart \d+ in this attempt; Ray Train timeouts: .*?\); cause: (.*)", caplog.text
-    )
-    assert len(restarts) == ref.metrics["restarts"], caplog.text[-3000:]
-    assert all(re.match(r"attempt \w+ ended \w+: ", cause) for cause in restarts), restarts

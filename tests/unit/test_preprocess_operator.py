@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from types import SimpleNamespace
 from typing import Any
 
@@ -24,6 +25,9 @@ class _NoSparkAttached:
 
     def spark(self) -> Any:
         return None
+
+    def guard(self, what: str) -> contextlib.AbstractContextManager[None]:  # no cluster to lose
+        return contextlib.nullcontext()
 
     def close(self) -> None:
         self.closed = True

@@ -5,6 +5,7 @@ The end-to-end check (a real Airflow, the real cluster) is tests/integration/tes
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import subprocess
@@ -160,7 +161,9 @@ def test_a_reconnected_retry_still_returns_the_model_ref(tmp_path: Any) -> None:
     metrics = {"val_accuracy": 0.9, "epochs": 2, "restarts": 0, "resumed_from_epoch": 1}
     ref = ModelRef(f"file://{tmp_path}/w.pt", hashlib.sha256(b"w").hexdigest(), FACTORY, [1, 8, 8], metrics=metrics)
     op.__dict__["_store"] = lambda: open_store(str(tmp_path))
-    op.__dict__["attach_cluster"] = lambda context: SimpleNamespace(ray=lambda: None, close=lambda: None)
+    op.__dict__["attach_cluster"] = lambda context: SimpleNamespace(
+        ray=lambda: None, close=lambda: None, guard=lambda what: contextlib.nullcontext()
+    )
     import airflow_bigdata_ai.train as train_pkg
 
     original = train_pkg.train
