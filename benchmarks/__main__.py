@@ -681,7 +681,8 @@ def plot(report: dict[str, Any], path: str) -> None:
     ax.scatter([g for g, _ in with_goal], [y for _, y in with_goal], marker="|", s=400, color="black", label="goal")
     ax.set_yticks(ys, labels, fontsize=8)
     ax.invert_yaxis()
-    ax.set_xscale("log")
+    if ratios:  # a report whose benchmarks all failed has no ratio to put on a log axis
+        ax.set_xscale("log")
     ax.set_xlabel("ratio (green: goal met, red: missed, gray: no goal)")
     ax.legend(loc="lower right")
     ax.set_title("Ratios against their goals")

@@ -33,7 +33,7 @@ def _backfill(services: Any, first: dt.date, dates: int, max_active_runs: int) -
     """Create a backfill over ``dates`` days from ``first``; wall seconds until all ended, and each run's time."""
     last = first + dt.timedelta(days=dates - 1)
     started = time.monotonic()
-    services.api(
+    backfill = services.api(
         "POST",
         "/backfills",
         json={
@@ -57,6 +57,11 @@ def _backfill(services: Any, first: dt.date, dates: int, max_active_runs: int) -
     wall = time.monotonic() - started
     if set(states.values()) != {"success"}:
         raise RuntimeError(f"backfill at max_active_runs={max_active_runs} failed: {states}")
+    deadline = time.monotonic() + 300  # the scheduler marks the backfill complete a moment after its last run;
+    while not services.api("GET", f"/backfills/{backfill['id']}").get("completed_at"):  # until then, no new one
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"backfill {backfill['id']} not marked complete 300 s after its runs ended")
+        time.sleep(2)
     return wall, [_seconds(services.api("GET", f"/dags/{DAG_ID}/dagRuns/{r}")) for r in run_ids]
 
 

@@ -54,3 +54,16 @@ def test_without_its_environment_the_policy_changes_nothing(monkeypatch: pytest.
     train = _train()
     policy.task_policy(train)
     assert train._pre_execute_hook is None and train._post_execute_hook is None
+
+
+def test_the_plot_of_a_report_whose_benchmarks_all_failed_is_still_drawn(tmp_path) -> None:
+    """A failed benchmark has no ratio: the log-scaled axis had no positive value and the whole report was lost."""
+    from benchmarks.__main__ import plot
+
+    report = {
+        "fast": False,
+        "machine": {"cpu": "test cpu", "cores": 2},
+        "benchmarks": {"backfill": {"error": "exit code 1 after 12 s"}},
+    }
+    plot(report, str(tmp_path / "benchmarks.png"))
+    assert (tmp_path / "benchmarks.png").stat().st_size > 0
