@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import logging
 import os
 import signal
@@ -28,7 +29,7 @@ from airflow_bigdata_ai.cluster.config import (
     write_json_atomic,
     write_token,
 )
-from airflow_bigdata_ai.cluster.guard import ClusterLost, bound_spark_connect_retries, guard
+from airflow_bigdata_ai.cluster.guard import ClusterLost, bound_spark_connect_retries, guard_stage
 from airflow_bigdata_ai.cluster.ray_driver import reload_ray_auth_config, route_ray_logging
 from airflow_bigdata_ai.cluster.service import port_open
 
@@ -330,21 +331,21 @@ class AttachedCluster:
             except Exception:
                 log.debug("Spark Connect session stop failed", exc_info=True)
             self._spark = None
-        if self._ray_initialised and self._lost:
-            self._ray_initialised = False  # ray.shutdown would wait for the dead GCS; Ray's atexit hook still runs
         if self._ray_initialised:
-            import ray
-
-            ray.shutdown()
             self._ray_initialised = False
-            if os.environ.get("RAY_ADDRESS") == self.endpoint.ray_address:
-                del os.environ["RAY_ADDRESS"]
+            if not self._lost:  # on a lost cluster ray.shutdown would wait for the dead GCS (atexit still runs)
+                import ray
+
+                ray.shutdown()
+                if os.environ.get("RAY_ADDRESS") == self.endpoint.ray_address:
+                    del os.environ["RAY_ADDRESS"]
 
     @contextlib.contextmanager
     def guard(self, what: str) -> Iterator[None]:
         """Run one stage's work; if the cluster dies meanwhile, fail within a minute with :class:`ClusterLost`."""
         try:
-            with guard(self.endpoint, lambda: _probe(self.endpoint, check_pid=False), what, spark=lambda: self._spark):
+            probe = functools.partial(_probe, self.endpoint, check_pid=False)
+            with guard_stage(self.endpoint, probe, what, spark=lambda: self._spark):
                 yield
         except ClusterLost:
             self._lost = True  # close() must not wait on a server that is gone

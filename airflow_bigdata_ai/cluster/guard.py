@@ -3,7 +3,7 @@
 Without this, a task whose shared cluster was killed mid-job waited for pyspark's Spark Connect retries
 (about 10 minutes of backoff against a closed port; measured: still blocked 272 s after the kill) or failed
 with Ray's "actor is temporarily unavailable: Socket closed", which names neither the cluster nor the way out.
-:func:`guard` wraps one stage's work: a watchdog probes the cluster's ports while it runs and, once they
+:func:`guard_stage` wraps one stage's work: a watchdog probes the cluster's ports while it runs and, once they
 stay closed for ``lost_after_s``, closes the stage's Spark Connect session so a blocked call returns; any
 error raised while the cluster does not answer becomes :class:`ClusterLost`, which names the cluster and
 says that a retry attaches again (an embedded default starts a new cluster). Nothing partial is published:
@@ -80,7 +80,7 @@ class _Watchdog(threading.Thread):
 
 
 @contextlib.contextmanager
-def guard(
+def guard_stage(
     endpoint: ClusterEndpoint,
     probe: Callable[[], str | None],
     what: str,

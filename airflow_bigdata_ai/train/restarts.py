@@ -10,14 +10,11 @@ the driver's environment to its controller and workers.
 
 from __future__ import annotations
 
-import logging
 import os
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from airflow_bigdata_ai.train.config import TrainConfig
-
-log = logging.getLogger(__name__)
 
 WORKER_GROUP_START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
 WORKER_HEALTH_CHECK_TIMEOUT_ENV = "RAY_TRAIN_WORKER_HEALTH_CHECK_TIMEOUT_S"

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from airflow_bigdata_ai.cluster import ClusterEndpoint, ClusterLost
-from airflow_bigdata_ai.cluster.guard import guard
+from airflow_bigdata_ai.cluster.guard import guard_stage
 
 ENDPOINT = ClusterEndpoint(
     spark_connect_url="sc://localhost:15002",
@@ -25,13 +25,13 @@ ENDPOINT = ClusterEndpoint(
 
 def test_an_error_while_the_cluster_is_gone_becomes_cluster_lost_naming_it() -> None:
     with pytest.raises(ClusterLost, match=r"training: the shared cluster c0ffee stopped answering \(Ray GCS gone\)"):
-        with guard(ENDPOINT, lambda: "Ray GCS gone", "training", interval_s=60):
+        with guard_stage(ENDPOINT, lambda: "Ray GCS gone", "training", interval_s=60):
             raise RuntimeError("The actor is temporarily unavailable: RpcError: Socket closed")
 
 
 def test_an_error_while_the_cluster_answers_stays_what_it_is() -> None:
     with pytest.raises(ValueError, match="bad kwargs"):
-        with guard(ENDPOINT, lambda: None, "training", interval_s=60):
+        with guard_stage(ENDPOINT, lambda: None, "training", interval_s=60):
             raise ValueError("bad kwargs")
 
 
@@ -55,7 +55,9 @@ def test_the_watchdog_unblocks_a_call_retrying_against_a_dead_server() -> None:
     session = _BlockedSession()
     started = time.monotonic()
     with pytest.raises(ClusterLost, match="preprocessing: the shared cluster c0ffee stopped answering"):
-        with guard(ENDPOINT, lambda: "port closed", "preprocessing", lambda: session, interval_s=0.1, lost_after_s=0.3):
+        with guard_stage(
+            ENDPOINT, lambda: "port closed", "preprocessing", lambda: session, interval_s=0.1, lost_after_s=0.3
+        ):
             session.collect()
     assert time.monotonic() - started < 5
 
@@ -63,6 +65,6 @@ def test_the_watchdog_unblocks_a_call_retrying_against_a_dead_server() -> None:
 def test_a_short_blip_is_not_a_lost_cluster() -> None:
     answers = iter(["port closed", None] * 100)
     session = _BlockedSession()
-    with guard(ENDPOINT, lambda: next(answers), "training", lambda: session, interval_s=0.05, lost_after_s=0.3):
+    with guard_stage(ENDPOINT, lambda: next(answers), "training", lambda: session, interval_s=0.05, lost_after_s=0.3):
         time.sleep(1)
     assert not session.closed.is_set()
