@@ -353,7 +353,7 @@ def bench_train(ctx: Ctx) -> dict[str, Any]:
     rows, epochs = ("1500", "3") if ctx.fast else ("8000", "4")
     res = bt.main(["--rows", rows, "--epochs", epochs, "--state-dir", ctx.state_dir])
     steady = f"median of steady epochs 2..{epochs}"
-    one, ddp = res["layouts"]["1x2cpu"], res["layouts"]["2x1cpu"]
+    one, ddp, bf16 = res["layouts"]["1x2cpu"], res["layouts"]["2x1cpu"], res["layouts"]["1x2cpu-bf16"]
     return {
         "rows": [
             row(f"plain torch loop, one process, 2 threads ({rows} rows)", [res["plain_s_per_epoch"]], "s/epoch"),
@@ -374,6 +374,18 @@ def bench_train(ctx: Ctx) -> dict[str, Any]:
                 None,
                 None,
                 note=f"{steady}; first epoch {ddp['first_epoch_s']} s",
+            ),
+            row(
+                'same as 1 worker x 2 CPUs with precision="bf16" (autocast, channels-last), speedup over f32',
+                [bf16["s_per_epoch"]],
+                "s/epoch",
+                bf16["speedup_vs_f32"],
+                ">= 1.3x at accuracy within 1 point",
+                bf16["speedup_vs_f32"] >= 1.3 and abs(bf16["accuracy_points_vs_f32"]) <= 1.0,
+                note=(
+                    f"{steady}; val accuracy {bf16['val_accuracy']:.2%} vs f32 {one['val_accuracy']:.2%}; "
+                    f"native bf16: {bf16['bf16_native']}"
+                ),
             ),
         ],
         "detail": res,

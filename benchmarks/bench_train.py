@@ -6,7 +6,8 @@ one after the other: one worker with 2 CPUs (2 intra-op threads, what fits a 2-c
 workers x 1 CPU over gloo (what the operator's default does). The baseline is one process with
 ``torch.set_num_threads(2)`` looping over the same decoded arrays. All include the validation pass.
 Steady-state epochs (the first is excluded: worker start-up, Ray Data materialisation) give the ratios.
-Goal on 2 cores: ratio <= 1.3.
+Goal on 2 cores: ratio <= 1.3. A third run, the 1-worker layout with ``precision="bf16"``, gives the bf16
+speedup over f32 (goal >= 1.3x at accuracy within 1 point).
 
     python benchmarks/bench_train.py [--rows 12000] [--size 32] [--epochs 4] [--cluster hook|local] [--state-dir D]
 """
@@ -59,11 +60,18 @@ def plain_loop(images: np.ndarray, labels: np.ndarray, args: argparse.Namespace,
     return times
 
 
-LAYOUTS = {"1x2cpu": (1, 2.0), "2x1cpu": (2, 1.0)}  # name -> (workers, CPUs per worker)
+# name -> (workers, CPUs per worker, precision); bf16 is compared with the f32 run of the same layout
+LAYOUTS = {"1x2cpu": (1, 2.0, "f32"), "2x1cpu": (2, 1.0, "f32"), "1x2cpu-bf16": (1, 2.0, "bf16")}
 
 
 def distributed(
-    store: Any, shardset: Any, args: argparse.Namespace, kwargs: dict[str, Any], workers: int, cpus: float
+    store: Any,
+    shardset: Any,
+    args: argparse.Namespace,
+    kwargs: dict[str, Any],
+    workers: int,
+    cpus: float,
+    precision: str = "f32",
 ) -> tuple[list[float], Any]:
     from airflow_bigdata_ai.train import EpochProgress, RunKey, TrainConfig, train
 
@@ -86,8 +94,9 @@ def distributed(
             resources_per_worker={"CPU": cpus},
             val_fraction=args.val_fraction,
             max_failures=0,
+            precision=precision,
         ),
-        run=RunKey("bench", f"train_{workers}x{cpus:g}", f"bench-{time.time_ns()}"),
+        run=RunKey("bench", f"train_{workers}x{cpus:g}_{precision}", f"bench-{time.time_ns()}"),
         progress=progress,
     )
     return times, ref
@@ -136,12 +145,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ray.init(num_cpus=4, include_dashboard=False)
     layouts: dict[str, Any] = {}
     try:
-        for name, (workers, cpus) in LAYOUTS.items():
+        for name, (workers, cpus, precision) in LAYOUTS.items():
             started = time.perf_counter()
-            ray_times, ref = distributed(store, shardset, args, kwargs, workers, cpus)
+            ray_times, ref = distributed(store, shardset, args, kwargs, workers, cpus, precision)
             layouts[name] = {
                 "workers": workers,
                 "cpus_per_worker": cpus,
+                "precision": precision,
+                "bf16_native": ref.metrics.get("bf16_native"),
                 "s_per_epoch": round(statistics.median(ray_times[1:] or ray_times), 3),
                 "first_epoch_s": round(ray_times[0], 3) if ray_times else None,
                 "wall_s": round(time.perf_counter() - started, 1),
@@ -156,6 +167,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     steady_plain = statistics.median(plain[1:] or plain)
     for layout in layouts.values():
         layout["ratio"] = round(layout["s_per_epoch"] / steady_plain, 3)
+    bf16, f32 = layouts["1x2cpu-bf16"], layouts["1x2cpu"]
+    bf16["speedup_vs_f32"] = round(f32["s_per_epoch"] / bf16["s_per_epoch"], 3)
+    bf16["accuracy_points_vs_f32"] = round((bf16["val_accuracy"] - f32["val_accuracy"]) * 100, 2)
     result = {
         "rows": args.rows,
         "image": f"1x{args.size}x{args.size}",

@@ -21,9 +21,10 @@ import pyarrow as pa
 
 from airflow_bigdata_ai.cluster.admission import admitted
 from airflow_bigdata_ai.infer import ir as irmod
-from airflow_bigdata_ai.infer.errors import AccuracyGateFailed, InputShapeRejected
+from airflow_bigdata_ai.infer.errors import InputShapeRejected
 from airflow_bigdata_ai.infer.jobs import ShardJob, output_schema, run_local, run_ray, run_spark, tensor_dtype
 from airflow_bigdata_ai.infer.model import check_input_shape, model_factory, model_loader, read_verified_weights
+from airflow_bigdata_ai.infer.precision import AUTO, IRBuilder, choose_auto, gate_explicit
 from airflow_bigdata_ai.shards.dataset import ShardInfo, ShardWriter, load_manifest, read_shard
 from airflow_bigdata_ai.shards.refs import ModelRef, Producer, ShardSet
 from airflow_bigdata_ai.shards.tensors import decode_tensors, tensor_spec
@@ -31,7 +32,6 @@ from airflow_bigdata_ai.shards.tensors import decode_tensors, tensor_spec
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
-    from airflow_bigdata_ai.infer.runtime import Predictor
     from airflow_bigdata_ai.shards.store import ShardStore
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ ON_ACCURACY_DROP = ("fail", "fallback")
 class InferOptions:
     """Everything a caller may tune; defaults suit the 2-core embedded cluster."""
 
-    precision: str = "f32"
+    precision: str = "f32"  # or "bf16", "int8", "auto" (the fastest that passes the gate: infer.precision)
     engine: str = "ray"
     max_accuracy_drop: float = 1.0  # percentage points
     on_accuracy_drop: str = "fail"
@@ -63,7 +63,8 @@ class InferOptions:
     admission_timeout_s: float = 3600.0
 
     def validate(self) -> InferOptions:
-        irmod.check_precision(self.precision)
+        if self.precision != AUTO:
+            irmod.check_precision(self.precision)
         if self.engine not in ENGINES:
             raise ValueError(f"engine must be one of {ENGINES}, got {self.engine!r}")
         if self.on_accuracy_drop not in ON_ACCURACY_DROP:
@@ -117,13 +118,6 @@ def sample_rows(
     all_images = np.concatenate(images).astype(np.float32)
     pick = np.random.default_rng(seed + 1).permutation(len(all_images))[:count]
     return all_images[pick], (np.concatenate(labels)[pick] if label_column else None)
-
-
-def accuracy_of(predictor: Predictor, images: np.ndarray, labels: np.ndarray) -> float:
-    mask = labels >= 0
-    if not mask.any():
-        return float("nan")
-    return float((predictor.predict(images[mask]).argmax(axis=1) == labels[mask]).mean())
 
 
 # -- the core entry point --------------------------------------------------------------------------------
@@ -185,8 +179,9 @@ def run_inference(
     read_verified_weights(ref, model_store)
     load_model = model_loader(ref, model_store, factory)
 
-    # 3. IR for the requested precision (and f32 when the gate needs a reference)
-    need_sample = opts.precision == "int8" or (opts.precision != "f32" and label_column is not None)
+    # 3. the IR to run: the requested precision behind the accuracy gate, or the fastest that passes ("auto")
+    auto = opts.precision == AUTO
+    need_sample = auto or opts.precision == "int8" or (opts.precision != "f32" and label_column is not None)
     sample_images, sample_labels = (
         sample_rows(
             input_store,
@@ -201,48 +196,30 @@ def run_inference(
         else (np.empty((0, *shape), np.float32), None)
     )
     # int8: calibration rows first, held-out rows after them (disjoint); bf16 needs no calibration
-    cut = opts.calibration_samples if opts.precision == "int8" else 0
+    cut = opts.calibration_samples if opts.precision in ("int8", AUTO) else 0
     calibration = sample_images[: opts.calibration_samples]
     holdout = sample_images[cut:]
     holdout_labels = sample_labels[cut:] if sample_labels is not None else None
     if len(holdout) == 0:
         holdout, holdout_labels = calibration, sample_labels  # tiny inputs: gate on what there is
     source = irmod.CalibrationSource(data.manifest_uri, data.manifest_sha256, input_store)
-    built = irmod.get_or_build(ref, model_store, opts.precision, load_model, lambda: calibration, source, code_key)
-    say(f"OpenVINO IR for {opts.precision}: {'cache hit' if built.cache_hit else 'built'} in {built.seconds:.1f} s")
-
-    # 4. accuracy gate
-    precision_used = opts.precision
-    handle = built.handle
-    gate: dict[str, Any] = {"checked": False}
-    if opts.precision != "f32":
-        if holdout_labels is None or not (holdout_labels >= 0).any():
-            gate = {"checked": False, "reason": "no labels in the input"}
-        else:
-            from airflow_bigdata_ai.infer.runtime import Predictor
-
-            f32_built = irmod.get_or_build(ref, model_store, "f32", load_model, extra=code_key)
-            f32_acc = accuracy_of(Predictor.from_ir(f32_built.handle, shape, "f32"), holdout, holdout_labels)
-            acc = accuracy_of(Predictor.from_ir(handle, shape, opts.precision), holdout, holdout_labels)
-            drop = (f32_acc - acc) * 100
-            gate = {
-                "checked": True,
-                "samples": int((holdout_labels >= 0).sum()),
-                "f32_accuracy": f32_acc,
-                f"{opts.precision}_accuracy": acc,
-                "drop_points": drop,
-                "max_accuracy_drop": opts.max_accuracy_drop,
-                "passed": drop <= opts.max_accuracy_drop,
-            }
-            say(
-                f"Accuracy gate: {opts.precision} {acc:.2%} vs f32 {f32_acc:.2%} on {gate['samples']} held-out rows "
-                f"(drop {drop:.2f} points, allowed {opts.max_accuracy_drop:g})"
-            )
-            if not gate["passed"]:
-                if opts.on_accuracy_drop == "fail":
-                    raise AccuracyGateFailed(opts.precision, acc, f32_acc, opts.max_accuracy_drop, gate["samples"])
-                say(f"Falling back to f32: {opts.precision} lost {drop:.2f} points")
-                precision_used, handle = "f32", f32_built.handle
+    builder = IRBuilder(ref, model_store, load_model, lambda: calibration, source, code_key)
+    if auto:
+        selection = choose_auto(
+            builder, shape, holdout, holdout_labels, opts.max_accuracy_drop, opts.threads_per_worker, say
+        )
+    else:
+        selection = gate_explicit(
+            builder,
+            opts.precision,
+            shape,
+            holdout,
+            holdout_labels,
+            opts.max_accuracy_drop,
+            opts.on_accuracy_drop,
+            say,
+        )
+    precision_used, handle, gate = selection.precision, selection.built.handle, selection.gate
     prepare_s = time.monotonic() - t0
 
     # 5. one job per shard
@@ -310,7 +287,7 @@ def run_inference(
         "wall_s": round(wall_s, 3),
         "prepare_s": round(prepare_s, 3),
         "gate": gate,
-        "ir": built.summary() if precision_used == opts.precision else {"fallback_from": built.summary()},
+        "ir": selection.built.summary(),
         "openvino": irmod.versions()["openvino"],
         "model_weights_sha256": ref.weights_sha256,
         "model_factory": factory.name,

@@ -27,10 +27,12 @@ class OpenVINOInferOperator(SharedClusterOperator):
 
     :param model_ref: the ModelRef (usually the training task's XCom), as a dict or JSON.
     :param input_data: the ShardSet to predict (``record_id``, tensor ``image``, optional ``label``).
-    :param precision: ``"f32"`` (exact), ``"bf16"`` or ``"int8"`` (NNCF, calibrated on the input). Explicit, because
-        OpenVINO silently runs bf16 on CPUs with AVX-512 BF16.
+    :param precision: ``"f32"`` (exact), ``"bf16"``, ``"int8"`` (NNCF, calibrated on the input) or ``"auto"``:
+        try int8, bf16 and f32 on held-out rows and run the fastest within ``max_accuracy_drop`` of f32 (without
+        labels, of agreement with f32's predictions); the summary lists each one's accuracy and speed. Never
+        implicit, because OpenVINO silently runs bf16 on CPUs with AVX-512 BF16.
     :param engine: ``"ray"`` (Ray Data actor pool), ``"spark"`` (``mapInArrow`` over Spark Connect) or ``"local"``.
-    :param max_accuracy_drop: allowed accuracy loss of bf16/int8 vs f32 on a held-out labelled sample, in points.
+    :param max_accuracy_drop: allowed accuracy loss of bf16/int8 vs f32 on a held-out sample, in points.
     :param on_accuracy_drop: ``"fail"`` (no retries: the same data fails the same way) or ``"fallback"`` to f32.
     :param num_workers: actors (Ray) or partitions (Spark); each compiles the model once.
     :param output_uri: full output location; default ``<output_root>/<dag>/<task>/ds=<logical date>``

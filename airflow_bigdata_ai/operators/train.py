@@ -39,6 +39,9 @@ class RayTrainOperator(ResumableJobMixin, SharedClusterOperator):
         converted to the types the factory's parameters declare; recorded in the ModelRef).
     :param validation_data: an optional validation ShardSet; otherwise ``val_fraction`` of train_data is held out.
     :param train_step: an optional per-batch step (import path or callable), shipped like ``model_factory``.
+    :param precision: ``"f32"`` or ``"bf16"``: forward passes under bfloat16 autocast with channels-last images
+        (weights stay float32). Opt-in: it pays on CPUs with native bf16 (AVX-512 BF16, AMX); the ModelRef's
+        metrics record the precision and whether the CPU ran it natively.
     :param keep_checkpoints: keep the run's checkpoint folder (``_checkpoints/<dag>/<task>/<run>/``) after the
         task succeeded; by default it is removed then (it is what a retry resumes from until success).
     :param training: any further :class:`~airflow_bigdata_ai.train.TrainConfig` field (``momentum``,
@@ -78,6 +81,7 @@ class RayTrainOperator(ResumableJobMixin, SharedClusterOperator):
         val_fraction: float = 0.2,
         max_failures: int = 2,
         train_step: Any = None,
+        precision: str = "f32",
         keep_checkpoints: bool = False,
         training: dict[str, Any] | None = None,
         **kwargs: Any,
@@ -105,6 +109,7 @@ class RayTrainOperator(ResumableJobMixin, SharedClusterOperator):
             "resources_per_worker": dict(resources_per_worker or {"CPU": 1.0}),
             "val_fraction": val_fraction,
             "max_failures": max_failures,
+            "precision": precision,
         }
         if train_step is not None:  # else a train_step given in ``training`` stays
             self.settings["train_step"] = train_step

@@ -313,6 +313,8 @@ def train(
             "num_workers": config.num_workers,
             "wall_seconds": round(time.perf_counter() - started, 3),
             "val_samples": metrics["val_samples"],
+            "precision": config.precision,
+            **({"bf16_native": metrics["bf16_native"]} if "bf16_native" in metrics else {}),
         },
         trained_on=shardset.to_dict(),
         producer=Producer(

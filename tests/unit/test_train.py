@@ -72,8 +72,8 @@ def test_settings_change_discards_old_checkpoints(tmp_path: Any) -> None:
     assert not has_checkpoint(store, run)
 
 
-def _table(n: int, dtype: str = "float32") -> pa.Table:
-    images = (np.arange(n * 4).reshape(n, 1, 2, 2) % 256).astype(dtype)
+def _table(n: int, dtype: str = "float32", shape: tuple[int, ...] = (1, 2, 2)) -> pa.Table:
+    images = (np.arange(n * int(np.prod(shape))).reshape(n, *shape) % 256).astype(dtype)
     return pa.table(
         {"record_id": [f"id{i}" for i in range(n)], "image": encode_tensors(images), "label": np.arange(n) % 3}
     )
@@ -91,8 +91,9 @@ def test_split_is_deterministic_disjoint_and_complete() -> None:
     assert set(again["record_id"].to_pylist()) <= set(val["record_id"].to_pylist())
 
 
-def _spec(dtype: str) -> LoopSpec:
-    return LoopSpec(TrainConfig(), FACTORY, {}, (1, 2, 2), dtype, None, "", "", "", False)  # type: ignore[arg-type]
+def _spec(dtype: str, shape: tuple[int, ...] = (1, 2, 2), **settings: Any) -> LoopSpec:
+    config = TrainConfig(**settings)
+    return LoopSpec(config, FACTORY, {}, shape, dtype, None, "", "", "", False)  # type: ignore[arg-type]
 
 
 def test_batch_to_tensors_scales_uint8_only() -> None:
@@ -248,3 +249,29 @@ def test_ray_train_timeouts_are_settings_handed_to_ray_and_not_part_of_the_finge
     assert os.environ["RAY_TRAIN_ENABLE_STATE_TRACKING"] == "1"  # else Ray records no restart cause
     with pytest.raises(ValueError, match="worker_group_start_timeout_s"):
         TrainConfig(worker_group_start_timeout_s=0)
+
+
+def test_bf16_step_runs_the_forward_pass_in_bfloat16_and_keeps_float32_weights() -> None:
+    """precision="bf16": autocast around forward and loss, never around backward; the weights stay float32."""
+    seen: list[torch.dtype] = []
+    for precision in ("f32", "bf16"):
+        torch.manual_seed(0)
+        model = make_digits_cnn()
+        handle = model[-1].register_forward_hook(lambda _m, _i, out: seen.append(out.dtype))
+        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+        x, y = torch.randn(16, 1, 8, 8), torch.randint(0, 10, (16,))
+        ctx = StepContext(model, opt, torch.nn.functional.cross_entropy, x, y, 0, 0, 0, 1, precision)
+        losses = [float(default_train_step(ctx)) for _ in range(20)]
+        handle.remove()
+        assert losses[-1] < losses[0] / 2, (precision, losses)
+        assert {p.dtype for p in model.parameters()} == {torch.float32}
+    assert seen[0] == torch.float32 and seen[-1] == torch.bfloat16
+
+
+def test_bf16_is_a_checked_setting_that_changes_the_fingerprint_and_lays_images_out_channels_last() -> None:
+    with pytest.raises(ValueError, match="precision"):
+        TrainConfig(precision="fp16")
+    assert TrainConfig(precision="bf16").fingerprint() != TrainConfig().fingerprint()  # no cross-precision resume
+    for precision, channels_last in (("f32", False), ("bf16", True)):
+        x, _ = batch_to_tensors(_table(4, shape=(3, 4, 4)), _spec("float32", (3, 4, 4), precision=precision))
+        assert x.is_contiguous(memory_format=torch.channels_last) == channels_last and x.dtype == torch.float32
