@@ -12,6 +12,9 @@ or a leaked engine in one cannot spoil the next), and reports medians of several
 6. e2e         smart_transportation_cv on the shared cluster vs every task starting its own cluster (>= 1.5x)
 7. backfill    digits_e2e backfilled through the real scheduler at max_active_runs 1 and 3: dates per hour
                (goal: 3 at once >= serial; no run slower than 3x alone; benchmarks/bench_backfill.py)
+8. scale       preprocess, train (1 epoch) and infer at 1x, 10x, 100x the images: throughput, peak RSS of the
+               task process, the Spark driver and the largest worker, XCom bytes (benchmarks/bench_scale.py;
+               goals: 100x within 15% of 10x, task and driver RSS within 20%, XCom constant)
 
 Writes ``benchmarks/results/latest.json``, ``latest.md`` and ``docs/_static/benchmarks.png``. Without
 ``--state-dir`` it starts a shared cluster of its own (in the work dir) and stops it at the end.
@@ -41,7 +44,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-BENCHMARKS = ("cluster", "handoff", "preprocess", "train", "infer", "e2e", "backfill")
+BENCHMARKS = ("cluster", "handoff", "preprocess", "train", "infer", "e2e", "backfill", "scale")
 TITLES = {
     "cluster": "1. Cluster: attach vs cold start",
     "handoff": "2. Handoff: shards into Ray",
@@ -50,6 +53,7 @@ TITLES = {
     "infer": "5. Inference (ResNet-18)",
     "e2e": "6. End to end (smart_transportation_cv)",
     "backfill": "7. Backfill throughput (digits_e2e, real scheduler)",
+    "scale": "8. Scale (1x, 10x, 100x images)",
 }
 XCOM_SHARDS = (1, 10, 100, 1000, 10000)
 DAG_ID = "smart_transportation_cv"
@@ -549,6 +553,13 @@ def bench_backfill(ctx: Ctx) -> dict[str, Any]:
     return bb.bench_backfill(ctx, REPO, row)
 
 
+# -- 8. scale (bench_scale.py) -------------------------------------------------------------------------------
+def bench_scale(ctx: Ctx) -> dict[str, Any]:
+    from benchmarks import bench_scale as bs
+
+    return bs.report(ctx, row)
+
+
 RUNNERS: dict[str, Callable[[Ctx], dict[str, Any]]] = {
     "cluster": bench_cluster,
     "handoff": bench_handoff,
@@ -557,6 +568,7 @@ RUNNERS: dict[str, Callable[[Ctx], dict[str, Any]]] = {
     "infer": bench_infer,
     "e2e": bench_e2e,
     "backfill": bench_backfill,
+    "scale": bench_scale,
 }
 
 
@@ -686,7 +698,7 @@ def plot(report: dict[str, Any], path: str) -> None:
             colors.append("tab:gray" if r["met"] is None else "tab:green" if r["met"] else "tab:red")
             if lower_better:
                 labels[-1] += " (lower is better)"
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(14, 5.5), gridspec_kw={"width_ratios": [2.2, 1]})
+    fig, (ax, ax2, ax3) = plt.subplots(1, 3, figsize=(19, 5.5), gridspec_kw={"width_ratios": [2.2, 1, 1]})
     ys = list(range(len(labels)))
     ax.barh(ys, ratios, color=colors)
     with_goal = [(g, y) for g, y in zip(goals, ys, strict=True) if g is not None]
@@ -708,6 +720,7 @@ def plot(report: dict[str, Any], path: str) -> None:
         ax2.set_xlabel("shards in the dataset")
         ax2.set_ylabel("XCom bytes of the ShardSet reference")
         ax2.set_title("XCom carries a reference, not data")
+    plot_scale(ax3, report["benchmarks"].get("scale", {}).get("detail", {}).get("points"))
     m = report["machine"]
     mode = "fast" if report["fast"] else "full"
     fig.suptitle(f"airflow-bigdata-ai benchmarks ({mode}) on {m['cpu']}, {m['cores']} cores")
@@ -715,6 +728,22 @@ def plot(report: dict[str, Any], path: str) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_scale(ax: Any, points: list[dict[str, Any]] | None) -> None:
+    """Benchmark 8: each stage's throughput against the data size (flat is the goal), log-log."""
+    if not points:
+        ax.set_axis_off()
+        return
+    images = [p["images"] for p in points]
+    for stage in ("preprocess", "train", "infer"):
+        ax.plot(images, [p["images_per_s"][stage] for p in points], marker="o", label=stage)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("images in the run (1x, 10x, 100x)")
+    ax.set_ylabel("images per second of wall time")
+    ax.legend(loc="lower right")
+    ax.set_title("Throughput as the data grows")
 
 
 # -- orchestration -----------------------------------------------------------------------------------------
