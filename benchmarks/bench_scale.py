@@ -154,7 +154,7 @@ class ClusterMemory(threading.Thread):
         self.service_pid, self.interval_s = service_pid, interval_s
         self.driver_mib = 0.0
         self.worker_mib, self.worker_name = 0.0, ""
-        self._stop = threading.Event()
+        self._done = threading.Event()
 
     def sample(self) -> None:
         import psutil
@@ -176,11 +176,11 @@ class ClusterMemory(threading.Thread):
                 self.worker_mib, self.worker_name = rss, _describe(proc)
 
     def run(self) -> None:
-        while not self._stop.wait(self.interval_s):
+        while not self._done.wait(self.interval_s):
             self.sample()
 
     def stop(self) -> None:
-        self._stop.set()
+        self._done.set()
         self.join(5)
 
 
