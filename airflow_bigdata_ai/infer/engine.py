@@ -27,7 +27,7 @@ from airflow_bigdata_ai.infer.model import check_input_shape, model_factory, mod
 from airflow_bigdata_ai.infer.precision import AUTO, IRBuilder, choose_auto, gate_explicit
 from airflow_bigdata_ai.shards.dataset import ShardInfo, ShardWriter, load_manifest, read_shard
 from airflow_bigdata_ai.shards.refs import ModelRef, Producer, ShardSet
-from airflow_bigdata_ai.shards.tensors import decode_tensors, tensor_spec
+from airflow_bigdata_ai.shards.tensors import decode_tensors, model_input, tensor_spec
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -115,7 +115,7 @@ def sample_rows(
             break
     if not images:
         return np.empty((0, *shape), np.float32), None
-    all_images = np.concatenate(images).astype(np.float32)
+    all_images = model_input(np.concatenate(images))
     pick = np.random.default_rng(seed + 1).permutation(len(all_images))[:count]
     return all_images[pick], (np.concatenate(labels)[pick] if label_column else None)
 

@@ -19,7 +19,7 @@ import pyarrow as pa
 from airflow_bigdata_ai.infer import ir as irmod
 from airflow_bigdata_ai.infer.errors import InputShapeRejected
 from airflow_bigdata_ai.shards.dataset import ShardInfo, ShardWriter, read_shard
-from airflow_bigdata_ai.shards.tensors import decode_tensors, encode_tensors, tensor_field, tensor_spec
+from airflow_bigdata_ai.shards.tensors import decode_tensors, encode_tensors, model_input, tensor_field, tensor_spec
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -79,8 +79,8 @@ class ShardJob:
         """Read one input shard (sha256-verified), predict, write the output shard; return its summary row."""
         info = ShardInfo(path=item["path"], rows=int(item["rows"]), bytes=0, sha256=item["sha256"])
         table = read_shard(self.input_store, self.input_dataset_uri, info)
-        images = decode_tensors(
-            table.column(self.image_column), self.input_shape, tensor_dtype(table, self.image_column)
+        images = model_input(
+            decode_tensors(table.column(self.image_column), self.input_shape, tensor_dtype(table, self.image_column))
         )
         start = time.perf_counter()
         logits = predictor.predict(images)

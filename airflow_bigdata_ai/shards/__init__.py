@@ -17,7 +17,7 @@ from airflow_bigdata_ai.shards.errors import ChecksumMismatch, CommitConflict, I
 from airflow_bigdata_ai.shards.ray_source import read_ray_dataset
 from airflow_bigdata_ai.shards.refs import ModelRef, Producer, ShardSet
 from airflow_bigdata_ai.shards.store import LocalStore, S3Options, S3Store, S3Unavailable, ShardStore, open_store
-from airflow_bigdata_ai.shards.tensors import decode_tensors, encode_tensors, tensor_field, tensor_spec
+from airflow_bigdata_ai.shards.tensors import decode_tensors, encode_tensors, model_input, tensor_field, tensor_spec
 
 __all__ = [
     "ChecksumMismatch",
@@ -40,6 +40,7 @@ __all__ = [
     "encode_tensors",
     "iter_tables",
     "load_manifest",
+    "model_input",
     "open_store",
     "output_uri",
     "read_ray_dataset",

@@ -70,6 +70,17 @@ def decode_tensors(cells: Any, shape: tuple[int, ...], dtype: np.dtype[Any] | st
     return data.reshape((count, *shape))
 
 
+def model_input(array: np.ndarray) -> np.ndarray:
+    """Decoded shard tensors -> what every model of this provider is fed: float32, uint8 pixels scaled to [0, 1].
+
+    The one rule for training and inference alike: uint8 shards (4x smaller than float32) are normalised by
+    the consumer, so a model trained on them predicts the same shards correctly.
+    """
+    if array.dtype == np.uint8:
+        return array.astype(np.float32) / np.float32(255.0)
+    return array.astype(np.float32, copy=False)
+
+
 def schema_summary(schema: pa.Schema) -> dict[str, str]:
     """Column -> type string for the ShardSet reference; tensors read ``tensor<float32>[1,8,8]``."""
     summary: dict[str, str] = {}

@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 
 from airflow_bigdata_ai.models.loading import build_model
-from airflow_bigdata_ai.shards.tensors import decode_tensors
+from airflow_bigdata_ai.shards.tensors import decode_tensors, model_input
 from airflow_bigdata_ai.train.config import TrainConfig
 
 if TYPE_CHECKING:
@@ -147,7 +147,7 @@ def batch_to_tensors(table: pa.Table, spec: LoopSpec) -> tuple[torch.Tensor, tor
 
     cfg = spec.config
     array = decode_tensors(table.column(cfg.feature_column), spec.feature_shape, spec.feature_dtype)
-    inputs = torch.from_numpy(array.astype(np.float32) / 255.0 if array.dtype == np.uint8 else array.astype(np.float32))
+    inputs = torch.from_numpy(np.ascontiguousarray(model_input(array)))
     if cfg.precision == "bf16" and inputs.ndim == 4:
         inputs = inputs.contiguous(memory_format=torch.channels_last)
     targets = torch.from_numpy(np.array(table.column(cfg.label_column).to_numpy(zero_copy_only=False), np.int64))

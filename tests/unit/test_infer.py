@@ -17,6 +17,7 @@ from airflow_bigdata_ai.shards import (
     encode_tensors,
     open_store,
     read_table,
+    tensor_field,
 )
 from tests.support.infer_models import digits, save_model, schema, torch_logits, write_digits
 
@@ -30,8 +31,9 @@ def env(tmp_path_factory):
     return store, root, ref, data
 
 
-def _run(env, name, **options):
-    store, root, ref, data = env
+def _run(env, name, data=None, **options):
+    store, root, ref, default_data = env
+    data = data or default_data
     return run_inference(
         ref,
         data,
@@ -246,3 +248,38 @@ def test_tiny_input_still_gated(env):
         )
         assert result.summary["gate"]["checked"] and result.summary["gate"]["samples"] == 60
         assert result.shardset.num_rows == 60
+
+
+def _digits_as(env, name, dtype):
+    """The digits as uint8 pixels, or as the float32 [0, 1] those pixels stand for."""
+    store, root, _, _ = env
+    images, labels = digits()
+    pixels = np.round(images * 255).astype(np.uint8)
+    values = pixels if dtype == "uint8" else pixels.astype(np.float32) / np.float32(255)
+    fields = [
+        pa.field("record_id", pa.string()),
+        tensor_field("image", (1, 8, 8), dtype),
+        pa.field("label", pa.int64()),
+    ]
+    table = pa.table(
+        {"record_id": [f"d{i:04d}" for i in range(len(values))], "image": encode_tensors(values), "label": labels},
+        schema=pa.schema(fields),
+    )
+    writer = ShardWriter(store, f"file://{root}/data/{name}")
+    return writer.commit([writer.write_table(0, table)], table.schema)
+
+
+def test_uint8_shards_are_scaled_like_training_scales_them(env):
+    """Training feeds uint8 pixels as /255; inference must too, or a model trained on uint8 shards mispredicts."""
+    as_uint8, as_float = _digits_as(env, "pixels-uint8", "uint8"), _digits_as(env, "pixels-float", "float32")
+    for precision in ("f32", "int8"):
+        got = {}
+        for name, data in (("uint8", as_uint8), ("float", as_float)):
+            result = _run(env, f"{precision}-{name}", precision=precision, data=data)
+            got[name] = (read_table(env[0], result.shardset), result.summary)
+        (uint8_table, uint8_summary), (float_table, float_summary) = got["uint8"], got["float"]
+        assert uint8_summary["accuracy"] > 0.9, uint8_summary
+        if precision == "f32":
+            assert uint8_table["predicted"].equals(float_table["predicted"])
+        else:  # calibrated on each input's own sample rows: the same values, so the same accuracy
+            assert abs(uint8_summary["accuracy"] - float_summary["accuracy"]) <= 0.01
