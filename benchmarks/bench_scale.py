@@ -259,7 +259,7 @@ def verdicts(points: list[dict[str, Any]]) -> dict[str, Any]:
 
 def report(ctx: Any, row: Any) -> dict[str, Any]:
     """Rows for ``python -m benchmarks``: each goal at 100x against 10x, the three points in the notes."""
-    res = measure(ctx.state_dir, os.path.join(ctx.workdir, "scale"), 20 if ctx.fast else 200)
+    res = measure(ctx.state_dir, os.path.join(ctx.workdir, "scale"), 20 if ctx.fast else 100)
     points = res["points"]
 
     def curve(get: Any, unit: str) -> str:
@@ -318,7 +318,7 @@ def report(ctx: Any, row: Any) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--state-dir", required=True, help="the running shared cluster's state dir")
-    parser.add_argument("--base", type=int, default=200, help="images at 1x")
+    parser.add_argument("--base", type=int, default=100, help="images at 1x")
     parser.add_argument("--workdir", default=None)
     parser.add_argument("--point", type=int, help=argparse.SUPPRESS)  # child mode: one point
     parser.add_argument("--source", help=argparse.SUPPRESS)
