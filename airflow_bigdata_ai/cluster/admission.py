@@ -11,7 +11,10 @@ lives in the cluster. The queue grants in arrival order, and only while the gran
 capacity (its CPUs once fully scaled up), so a job never starts with part of what it needs and never
 starves another; each job's Ray Data is capped at the CPUs it asked for. A job that can never fit is refused
 at once, with the figures. Holders and waiters renew a lease; a job whose process died (SIGKILL) loses its
-place when the lease runs out, so a dead task cannot block the cluster.
+place when the lease runs out, so a dead task cannot block the cluster. A lease that ran out while the job's
+Ray driver is still alive is kept: on an overloaded machine renewals time out (seen with 8 jobs on 2 cores),
+and expiring a live holder handed its CPUs to the next job while the first still used them, which
+overloaded the machine further until nothing progressed.
 """
 
 from __future__ import annotations
@@ -50,18 +53,30 @@ class _Entry:
     since: float
     renewed: float
     granted: bool = False
+    driver: str | None = None  # the Ray job id of the process that asked
 
 
 class AdmissionQueue:
-    """First come, first served over a CPU capacity, with leases. Plain Python: the actor wraps it."""
+    """First come, first served over a CPU capacity, with leases. Plain Python: the actor wraps it.
 
-    def __init__(self, capacity_cpus: float, lease_s: float = LEASE_S, clock: Callable[[], float] = time.monotonic):
+    ``live_drivers`` returns the Ray job ids whose driver is alive (None when that cannot be told); an entry
+    whose lease ran out is dropped only if its driver is not among them.
+    """
+
+    def __init__(
+        self,
+        capacity_cpus: float,
+        lease_s: float = LEASE_S,
+        clock: Callable[[], float] = time.monotonic,
+        live_drivers: Callable[[], set[str] | None] | None = None,
+    ):
         self.capacity = float(capacity_cpus)
         self.lease_s = lease_s
         self.clock = clock
+        self.live_drivers = live_drivers
         self.entries: dict[str, _Entry] = {}  # insertion order is arrival order
 
-    def request(self, job_id: str, cpus: float, label: str) -> dict[str, Any]:
+    def request(self, job_id: str, cpus: float, label: str, driver: str | None = None) -> dict[str, Any]:
         """Queue ``job_id``. An entry of another attempt of the same task (same ``label``) is dropped first:
         a new attempt means the old one's process is gone (SIGKILL, lost worker), and its place would
         otherwise block the retry until its lease ran out."""
@@ -73,7 +88,7 @@ class AdmissionQueue:
             replaced = [j for j, e in self.entries.items() if e.label == label]
             for old in replaced:
                 del self.entries[old]
-            self.entries[job_id] = _Entry(job_id, float(cpus), label, now, now)
+            self.entries[job_id] = _Entry(job_id, float(cpus), label, now, now, driver=driver)
         return {**self.poll(job_id), "replaced": replaced}
 
     def poll(self, job_id: str) -> dict[str, Any]:
@@ -104,8 +119,24 @@ class AdmissionQueue:
         return sum(e.cpus for e in self.entries.values() if e.granted)
 
     def _expire(self, now: float) -> None:
-        for job_id in [j for j, e in self.entries.items() if now - e.renewed > self.lease_s]:
-            del self.entries[job_id]
+        stale = [e for e in self.entries.values() if now - e.renewed > self.lease_s]
+        if not stale:
+            return
+        live = self._live_drivers()
+        for entry in stale:
+            if live is not None and entry.driver in live:
+                entry.renewed = now  # slow to renew, not dead: keep its place and its CPUs
+            else:
+                del self.entries[entry.job_id]
+
+    def _live_drivers(self) -> set[str] | None:
+        if self.live_drivers is None:
+            return None
+        try:
+            return self.live_drivers()
+        except Exception:  # cannot tell: the lease decides, as without a liveness check
+            log.debug("cannot list the live Ray drivers", exc_info=True)
+            return None
 
     def _grant(self) -> None:
         """Strict arrival order: a waiting job is never overtaken, so a large job cannot starve."""
@@ -135,12 +166,26 @@ class AdmissionQueue:
 _ACTOR_CLASS: Any = None
 
 
+def live_ray_drivers() -> set[str]:
+    """Ray job ids whose driver is connected, from the GCS job table (runs inside the queue actor)."""
+    from ray._private import state
+
+    return {job["JobID"] for job in state.jobs() if not job["IsDead"]}
+
+
+class _ClusterAdmissionQueue(AdmissionQueue):
+    """The queue as the cluster runs it: a lease outlives a stall while its driver is alive."""
+
+    def __init__(self, capacity_cpus: float) -> None:
+        super().__init__(capacity_cpus, live_drivers=live_ray_drivers)
+
+
 def _actor_class() -> Any:
     global _ACTOR_CLASS
     if _ACTOR_CLASS is None:
         import ray
 
-        _ACTOR_CLASS = ray.remote(num_cpus=0, max_restarts=-1)(AdmissionQueue)
+        _ACTOR_CLASS = ray.remote(num_cpus=0, max_restarts=-1)(_ClusterAdmissionQueue)
     return _ACTOR_CLASS
 
 
@@ -203,7 +248,8 @@ def admitted(
     say = say or log.info
     queue = admission_queue()
     job_id = f"{label}#{uuid.uuid4().hex[:8]}"
-    status = ray.get(queue.request.remote(job_id, cpus, label))
+    driver = ray.get_runtime_context().get_job_id()
+    status = ray.get(queue.request.remote(job_id, cpus, label, driver))
     if status["state"] == "refused":
         raise AdmissionRefused(
             f"{what} needs {cpus:g} CPUs but the shared cluster has at most {status['capacity']:g} "
@@ -215,8 +261,8 @@ def admitted(
     try:
         started = next_log = time.monotonic()
         while status["state"] != "granted":
-            if status["state"] == "unknown":  # our lease ran out (a long stall): queue again
-                status = ray.get(queue.request.remote(job_id, cpus, label))
+            if status["state"] == "unknown":  # our lease ran out and the queue saw no live driver: queue again
+                status = ray.get(queue.request.remote(job_id, cpus, label, driver))
                 continue
             now = time.monotonic()
             if now - started > timeout_s:

@@ -18,7 +18,13 @@ from typing import Any
 import pytest
 
 from airflow_bigdata_ai.cluster import cluster_status
-from airflow_bigdata_ai.cluster.admission import AdmissionRefused, AdmissionTimeout, admission_queue, admitted
+from airflow_bigdata_ai.cluster.admission import (
+    AdmissionRefused,
+    AdmissionTimeout,
+    admission_queue,
+    admitted,
+    live_ray_drivers,
+)
 from airflow_bigdata_ai.cluster.usage import running_spark_jobs
 from airflow_bigdata_ai.examples.sample_data import write_digits_shardset
 from airflow_bigdata_ai.operators.cluster import TeardownRayOnSparkClusterOperator
@@ -195,6 +201,38 @@ def test_trainings_inferences_and_preprocessings_at_once_all_finish_with_correct
     assert "in use by" in teardown_log and "Ray job admission_it.train run" in teardown_log, teardown_log
     assert "Not stopping the shared cluster" in teardown_log, teardown_log
     assert cluster_status(shared_cluster.config)["alive"]
+
+
+def test_the_queue_tells_a_live_driver_from_a_dead_one(shared_cluster: Any, attached: Any) -> None:
+    """The liveness check behind the lease, against the real GCS: this driver is alive, a finished one is not."""
+    import ray
+
+    attached.ray()
+    check = ray.remote(num_cpus=0)(live_ray_drivers)
+    assert ray.get_runtime_context().get_job_id() in ray.get(check.remote(), timeout=60)
+    finished = subprocess.run(
+        [sys.executable, "-c", FINISHED_DRIVER, shared_cluster.config.state_dir],
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    job = finished.stdout.strip().splitlines()[-1]
+    deadline = time.monotonic() + 60
+    while job in ray.get(check.remote(), timeout=60) and time.monotonic() < deadline:
+        time.sleep(1)
+    assert job not in ray.get(check.remote(), timeout=60)
+
+
+FINISHED_DRIVER = textwrap.dedent(
+    """
+    import sys, ray
+    from airflow_bigdata_ai.cluster import ClusterConfig, attach
+    attach(ClusterConfig(state_dir=sys.argv[1], mode="remote")).ray()
+    print(ray.get_runtime_context().get_job_id())
+    """
+)
 
 
 def test_a_job_that_can_never_fit_fails_at_once_and_a_wait_times_out(attached: Any, digits: tuple[str, Any]) -> None:

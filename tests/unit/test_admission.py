@@ -58,6 +58,37 @@ def test_a_dead_holder_loses_its_cpus_when_its_lease_runs_out():
     assert queue.poll("dead") == {"state": "unknown"}
 
 
+def test_a_holder_too_slow_to_renew_keeps_its_cpus_while_its_driver_lives():
+    """8 jobs on 2 cores: renewals timed out, the queue gave a live training's CPUs to the next one, and the
+    doubled load stalled everything. A stale lease is dropped only when the holder's Ray driver is gone."""
+    clock, live = Clock(), {"driver-a", "driver-b"}
+    queue = AdmissionQueue(4, lease_s=60, clock=clock, live_drivers=lambda: set(live))
+    queue.request("slow", 3, "dag.train run1", driver="driver-a")
+    queue.request("next", 3, "dag.train run2", driver="driver-b")
+    for _ in range(10):  # 200 s without a single renewal from the holder
+        clock.now += 20
+        assert queue.poll("next")["state"] == "waiting"
+    assert queue.poll("slow")["state"] == "granted"
+    live.discard("driver-a")  # now its process is gone
+    clock.now += 61
+    assert queue.poll("next")["state"] == "granted"
+    assert queue.poll("slow") == {"state": "unknown"}
+
+
+def test_when_liveness_cannot_be_told_the_lease_decides():
+    def broken() -> set[str]:
+        raise RuntimeError("GCS unavailable")
+
+    clock = Clock()
+    queue = AdmissionQueue(4, lease_s=60, clock=clock, live_drivers=broken)
+    queue.request("holder", 3, "a", driver="driver-a")
+    queue.request("waiter", 3, "b", driver="driver-b")
+    for _ in range(4):
+        clock.now += 20
+        status = queue.poll("waiter")
+    assert status["state"] == "granted"
+
+
 def test_a_retry_of_the_same_task_takes_over_the_place_of_its_dead_attempt():
     """A SIGKILLed task keeps its lease for up to 60 s; its retry (same dag.task run) must not wait for it."""
     queue = AdmissionQueue(4, lease_s=60, clock=Clock())
