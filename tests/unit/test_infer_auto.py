@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-import pytest
-
 from airflow_bigdata_ai.infer import InferOptions, run_inference
 from airflow_bigdata_ai.infer.precision import AUTO_ORDER
 from airflow_bigdata_ai.shards import open_store
 from tests.support.infer_models import save_model, write_digits
+from tests.unit import test_infer
 from tests.unit.test_infer import _dim_copy
 
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    root = tmp_path_factory.mktemp("infer-auto")
-    store = open_store(f"file://{root}")
-    ref = save_model(store, f"file://{root}/models/digits/model.pt")
-    data = write_digits(store, f"file://{root}/data/digits", shards=4)
-    return store, root, ref, data
+env = test_infer.env  # the same fixture (trained model, digits), set up once for this module
 
 
 def _auto(store, model_store, ref, data, out, **options):
