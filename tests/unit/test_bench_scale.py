@@ -5,32 +5,38 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
 from typing import Any
+
+import psutil
 
 from benchmarks import bench_scale
 from benchmarks.__main__ import Ctx, markdown, row
 
 
 def test_sampler_finds_the_largest_descendant_and_names_it() -> None:
-    """A child holding 300 MiB under this process (the "service") is the largest worker; no Java: no driver."""
-    hog = subprocess.Popen(
-        [sys.executable, "-c", "import time; x = bytearray(300 * 2**20); x[::4096] = b'1' * len(x[::4096]); "
-         "time.sleep(30)"]
-    )  # fmt: skip
+    """A child holding 300 MiB under a stand-in "service" is the largest worker; no Java child: no driver.
+
+    The service is a process of its own: under pytest, this process may own the session's Spark JVM.
+    """
+    hog = "import time; x = bytearray(300 * 2**20); x[::4096] = b'1' * len(x[::4096]); time.sleep(30)"
+    service = subprocess.Popen(
+        [sys.executable, "-c", f"import subprocess, sys; subprocess.run([sys.executable, '-c', {hog!r}])"]
+    )
     try:
-        memory = bench_scale.ClusterMemory(os.getpid(), interval_s=0.1)
+        memory = bench_scale.ClusterMemory(service.pid, interval_s=0.1)
         memory.start()
         deadline = time.monotonic() + 20
         while memory.worker_mib < 300 and time.monotonic() < deadline:
             time.sleep(0.2)
         memory.stop()
     finally:
-        hog.kill()
-        hog.wait()
+        for child in psutil.Process(service.pid).children(recursive=True):
+            child.kill()
+        service.kill()
+        service.wait()
     assert memory.worker_mib >= 300, memory.worker_mib
     assert "python" in memory.worker_name and memory.driver_mib == 0.0
 
