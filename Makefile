@@ -33,7 +33,7 @@ $(CHROMIUM):
 	fi
 
 test: install $(CHROMIUM)
-	$(PY) -m pytest tests
+	$(PY) -m pytest tests --durations=30
 
 unit: install
 	$(PY) -m pytest tests/unit -q
