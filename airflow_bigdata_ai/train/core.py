@@ -34,7 +34,7 @@ from airflow_bigdata_ai.shards.refs import ModelRef, Producer, ShardSet
 from airflow_bigdata_ai.shards.store import is_temporary
 from airflow_bigdata_ai.shards.tensors import tensor_spec
 from airflow_bigdata_ai.train.config import EpochProgress, RunKey, TrainConfig
-from airflow_bigdata_ai.train.ingest import datasets_for, ingest_config
+from airflow_bigdata_ai.train.ingest import cached_splits, datasets_for, ingest_config
 from airflow_bigdata_ai.train.loop import LoopSpec, train_loop
 from airflow_bigdata_ai.train.restarts import apply_timeouts, describe_timeouts, restart_cause
 from airflow_bigdata_ai.usercode import CodeBundle, UserCallable, UserCodeError, bundle_for
@@ -276,12 +276,12 @@ def train(
     started = time.perf_counter()
     label = f"{run.dag_id}.{run.task_id} {run.run_id}"
     with admitted(config.cpus_needed(), label, config.describe_need(), config.admission_timeout_s, log.info):
-        if cache:  # executed on the cluster; this process holds only block references
-            train_ds = train_ds.materialize()
-            val_ds = val_ds.materialize() if val_ds is not None else None
         datasets = {"train": train_ds} | ({"val": val_ds} if val_ds is not None else {})
+        # cached: materialised on the cluster (this process holds only block references) and cut into one
+        # equal, deterministic split per worker here, so no worker waits for a streaming-split coordinator
+        splits = cached_splits(datasets, config.num_workers) if cache else None
         apply_timeouts(config)
-        trainer = _trainer(spec, store, base, datasets)
+        trainer = _trainer(spec, store, base, {} if splits else datasets, splits)
         with _EventWatcher(store, events, config.epochs, progress, describe_timeouts(config)) as watcher:
             try:
                 result = trainer.fit()
@@ -331,14 +331,16 @@ def train(
     return ref
 
 
-def _trainer(spec: LoopSpec, store: ShardStore, base: StoreURI, datasets: dict[str, Any]) -> Any:
+def _trainer(
+    spec: LoopSpec, store: ShardStore, base: StoreURI, datasets: dict[str, Any], splits: dict[str, list[Any]] | None
+) -> Any:
     import ray.train
     from ray.train.torch import TorchConfig
 
     config = spec.config
     return _make_trainer(
         train_loop,
-        train_loop_config={"spec": spec},
+        train_loop_config={"spec": spec} | ({"splits": splits} if splits else {}),
         torch_config=TorchConfig(backend="gloo"),
         scaling_config=ray.train.ScalingConfig(
             num_workers=config.num_workers, use_gpu=False, resources_per_worker=dict(config.resources_per_worker)

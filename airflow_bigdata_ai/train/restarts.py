@@ -19,15 +19,21 @@ if TYPE_CHECKING:
 WORKER_GROUP_START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
 WORKER_HEALTH_CHECK_TIMEOUT_ENV = "RAY_TRAIN_WORKER_HEALTH_CHECK_TIMEOUT_S"
 STATE_TRACKING_ENV = "RAY_TRAIN_ENABLE_STATE_TRACKING"  # off by default: without it no attempt's end is recorded
+HEALTH_CHECK_INTERVAL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
+# Ray's default (2 s) is also how often the controller notices that training finished: measured here, the
+# controller ended 4.6 s after the last report at 2 s and 1.0 s at 0.5 s (digits, 2 workers, Xeon 2 cores)
+HEALTH_CHECK_INTERVAL_S = "0.5"
 
 
 def apply_timeouts(config: TrainConfig) -> None:
     """Hand the training's timeouts to Ray Train (read from the driver's environment at ``fit()``).
 
-    Also turns on Ray Train's state tracking (a zero-CPU actor on the head node, which also feeds the Ray
-    dashboard's Train view), where the controller records why each attempt ended.
+    Also polls the workers every 0.5 s rather than 2 s (unless the environment says otherwise), which ends
+    each training ~3 s sooner, and turns on Ray Train's state tracking (a zero-CPU actor on the head node,
+    which also feeds the Ray dashboard's Train view), where the controller records why each attempt ended.
     """
     os.environ.setdefault(STATE_TRACKING_ENV, "1")
+    os.environ.setdefault(HEALTH_CHECK_INTERVAL_ENV, HEALTH_CHECK_INTERVAL_S)
     os.environ[WORKER_GROUP_START_TIMEOUT_ENV] = f"{config.worker_group_start_timeout_s:g}"
     os.environ[WORKER_HEALTH_CHECK_TIMEOUT_ENV] = f"{config.worker_health_check_timeout_s:g}"
 

@@ -54,17 +54,30 @@ def digits(tmp_path_factory: pytest.TempPathFactory) -> Digits:
     return Digits(root, write_digits_shardset(store, f"{root}/digits/prep/ds=2026-01-01"))
 
 
+SPLIT_COORDINATORS: list[int] = []  # Ray Data streaming-split coordinators started by the baseline training
+
+
+def _split_coordinators() -> int:
+    from ray.util.state import list_actors
+
+    found = list_actors(filters=[("class_name", "=", "SplitCoordinator")], limit=10_000, raise_on_missing_output=False)
+    return len(found)
+
+
 @pytest.fixture(scope="module")
 def baseline(attached: Any, digits: Digits) -> ModelRef:
     """One uninterrupted run, shared by the accuracy test and the fault-tolerance comparison."""
     attached.ray()
-    return train(
+    before = _split_coordinators()
+    ref = train(
         digits.shardset,
         digits.store,
         FACTORY,
         config=TrainConfig(**SETTINGS),
         run=RunKey("train_it", "train", "baseline", "2026-01-01"),
     )
+    SPLIT_COORDINATORS.append(_split_coordinators() - before)
+    return ref
 
 
 def _accuracy(model: torch.nn.Module, digits: Digits) -> tuple[float, int]:
@@ -84,6 +97,8 @@ def test_two_workers_reach_95_percent_and_modelref_loads_back(baseline: ModelRef
     assert metrics["epochs"] == EPOCHS and metrics["restarts"] == 0 and metrics["resumed_from_epoch"] == 0
     assert metrics["samples_per_s"] > 0 and ref.input_shape == [1, 8, 8]
     assert ref.trained_on == digits.shardset.to_dict()
+    # cached data is split by the driver: no streaming-split coordinator (a new process per dataset) is started
+    assert SPLIT_COORDINATORS == [0], SPLIT_COORDINATORS
     model = load_model(ref, digits.store)
     accuracy, n = _accuracy(model, digits)
     print(f"reloaded model accuracy {accuracy:.4f} on {n} validation rows")

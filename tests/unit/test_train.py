@@ -231,6 +231,7 @@ def test_ray_train_timeouts_are_settings_handed_to_ray_and_not_part_of_the_finge
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from airflow_bigdata_ai.train.restarts import (
+        HEALTH_CHECK_INTERVAL_ENV,
         WORKER_GROUP_START_TIMEOUT_ENV,
         WORKER_HEALTH_CHECK_TIMEOUT_ENV,
         apply_timeouts,
@@ -239,6 +240,7 @@ def test_ray_train_timeouts_are_settings_handed_to_ray_and_not_part_of_the_finge
     monkeypatch.delenv(WORKER_GROUP_START_TIMEOUT_ENV, raising=False)
     monkeypatch.delenv(WORKER_HEALTH_CHECK_TIMEOUT_ENV, raising=False)
     monkeypatch.delenv("RAY_TRAIN_ENABLE_STATE_TRACKING", raising=False)
+    monkeypatch.delenv(HEALTH_CHECK_INTERVAL_ENV, raising=False)
     default = TrainConfig()
     assert (default.worker_group_start_timeout_s, default.worker_health_check_timeout_s) == (300.0, 600.0)
     slow = TrainConfig(worker_group_start_timeout_s=900, worker_health_check_timeout_s=1200)
@@ -247,6 +249,10 @@ def test_ray_train_timeouts_are_settings_handed_to_ray_and_not_part_of_the_finge
     assert os.environ[WORKER_GROUP_START_TIMEOUT_ENV] == "900"
     assert os.environ[WORKER_HEALTH_CHECK_TIMEOUT_ENV] == "1200"
     assert os.environ["RAY_TRAIN_ENABLE_STATE_TRACKING"] == "1"  # else Ray records no restart cause
+    assert os.environ[HEALTH_CHECK_INTERVAL_ENV] == "0.5"  # Ray's 2 s ended each training ~3 s late
+    monkeypatch.setenv(HEALTH_CHECK_INTERVAL_ENV, "5")
+    apply_timeouts(slow)
+    assert os.environ[HEALTH_CHECK_INTERVAL_ENV] == "5"  # an operator's own setting wins
     with pytest.raises(ValueError, match="worker_group_start_timeout_s"):
         TrainConfig(worker_group_start_timeout_s=0)
 
