@@ -36,6 +36,7 @@ def get_provider_info() -> dict[str, Any]:
                     "airflow_bigdata_ai.operators.preprocess",
                     "airflow_bigdata_ai.operators.train",
                     "airflow_bigdata_ai.operators.infer",
+                    "airflow_bigdata_ai.operators.tables",
                 ],
             }
         ],

@@ -24,6 +24,7 @@ from urllib.parse import urlparse
 import psutil
 
 from airflow_bigdata_ai.cluster import procs
+from airflow_bigdata_ai.cluster.catalog import catalog_conf
 from airflow_bigdata_ai.cluster.config import (
     EXECUTOR_CORES_CONF,
     ClusterConfig,
@@ -243,7 +244,9 @@ def serve(state_dir: str, cluster_id: str) -> int:
         public_conf.update({"spark.driver.host": LOOPBACK, "spark.driver.bindAddress": LOOPBACK})
     if embedded_workers:  # executors share this machine's cores
         public_conf[EXECUTOR_CORES_CONF] = str(os.cpu_count() or 1)
-    public_conf.update(_scratch_conf(paths, {k: str(v) for k, v in config.spark_conf.items()}, embedded_workers))
+    user_conf = {k: str(v) for k, v in config.spark_conf.items()}
+    user_conf.update(catalog_conf(paths.root, user_conf))
+    public_conf.update(_scratch_conf(paths, user_conf, embedded_workers))
     # Secrets go into the SparkConf only after the JVM is up: launch arguments are visible in `ps`.
     secret_conf = {
         "spark.connect.authenticate.token": token,

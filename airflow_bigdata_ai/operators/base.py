@@ -42,6 +42,7 @@ class SharedClusterOperator(BaseOperator):
         self.output_root = output_root
         self._spark: Any = None  # the Spark Connect session while execute runs (for on_kill)
         self._tag: str | None = None  # this attempt's Spark job tag
+        self._lineage: dict[str, list[dict[str, Any]]] = {"inputs": [], "outputs": []}  # for OpenLineage
         # reference field -> task id of the operator of this package whose XCom feeds it (set at construction,
         # before rendering replaces the XComArg with the value; see check_reference)
         self._reference_sources: dict[str, str] = {}
@@ -132,6 +133,23 @@ class SharedClusterOperator(BaseOperator):
                 if len(sources) == 1 and isinstance(sources[0], SharedClusterOperator):
                     self._reference_sources[name] = sources[0].task_id
 
+    def record_lineage(self, *, inputs: Sequence[dict[str, Any]] = (), outputs: Sequence[dict[str, Any]] = ()) -> None:
+        """Remember datasets this task read or wrote (descriptors of :mod:`airflow_bigdata_ai.lineage`)."""
+        self._lineage["inputs"].extend(inputs)
+        self._lineage["outputs"].extend(outputs)
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """The inputs and outputs this task recorded, for the OpenLineage provider's listener."""
+        from airflow_bigdata_ai.lineage import LineageRecorder
+
+        return LineageRecorder(list(self._lineage["inputs"]), list(self._lineage["outputs"])).operator_lineage()
+
+    def get_openlineage_facets_on_failure(self, task_instance: Any) -> Any:
+        """A failed task still names what it read (its outputs were never published)."""
+        from airflow_bigdata_ai.lineage import LineageRecorder
+
+        return LineageRecorder(list(self._lineage["inputs"]), []).operator_lineage()
+
     def check_reference(self, context: Context, name: str, kind: type[ShardSet] | type[ModelRef]) -> Any:
         """The reference in field ``name``, parsed and verified; a failure fails the task without retries."""
         from airflow_bigdata_ai.shards import InvalidReference
@@ -144,6 +162,7 @@ class SharedClusterOperator(BaseOperator):
                 _check_producer(ref, name, source, context)
         except InvalidReference as exc:
             raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
+        self.record_lineage(inputs=[_lineage_of(ref)])
         if not signed:
             self.log.warning(
                 "%s: accepting an unsigned %s (connection %s: unsigned_references=accept, or no key configured)",
@@ -162,6 +181,7 @@ class SharedClusterOperator(BaseOperator):
         from airflow.sdk import Asset
 
         signed = self.references.sign(ref).to_dict()
+        self.record_lineage(outputs=[_lineage_of(ref)])
         uri = signed.get("manifest_uri") or signed.get("weights_uri")
         for outlet in self.outlets or ():
             if isinstance(outlet, Asset):
@@ -182,3 +202,9 @@ def _check_producer(ref: ShardSet | ModelRef, name: str, source: str, context: C
             f"{producer.task_id!r}, run {producer.run_id!r}, not by {source!r} in this run ({ti.dag_id!r}, "
             f"{ti.run_id!r}): another run's or DAG's output was put into this run's XCom. A retry cannot fix this"
         )
+
+
+def _lineage_of(ref: ShardSet | ModelRef) -> dict[str, Any]:
+    from airflow_bigdata_ai.lineage import model_dataset, shardset_dataset
+
+    return model_dataset(ref) if hasattr(ref, "weights_uri") else shardset_dataset(ref)

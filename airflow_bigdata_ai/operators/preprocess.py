@@ -137,7 +137,7 @@ class SparkPreprocessOperator(SharedClusterOperator):
                 transform_kwargs=self.transform_kwargs,
                 guards=self.guards,
                 output_spec=self.output_spec,
-                source_store=self.hook.store_for(spec.uri),
+                source_store=self.hook.store_for(spec.uri) if spec.uri else store,
                 output_store=store,
                 **self._settings(),
             )
@@ -147,7 +147,8 @@ class SparkPreprocessOperator(SharedClusterOperator):
         self._tag = self.job_tag(context)
         try:
             self._spark = attached.spark()
-            self.log.info("Preprocessing %s -> %s (Spark job tag %s)", spec.uri, location, self._tag)
+            self.log.info("Preprocessing %s -> %s (Spark job tag %s)", spec.describe(), location, self._tag)
+            self.record_lineage(inputs=_source_lineage(spec, self._spark))
             with attached.guard("preprocessing"):
                 shardset = run_prepared(
                     prepared,
@@ -176,3 +177,14 @@ class SparkPreprocessOperator(SharedClusterOperator):
     def on_kill(self) -> None:
         """Interrupt only the Spark operations carrying this attempt's tag (other tasks share the app)."""
         self.interrupt_spark_tag()
+
+
+def _source_lineage(spec: Any, spark: Any) -> list[dict[str, Any]]:
+    """The datasets a source reads: its store location, its table, or the tables its query names."""
+    from airflow_bigdata_ai.lineage import sql_tables, store_dataset, table_dataset
+    from airflow_bigdata_ai.tables.publish import table_location
+
+    if not spec.is_query:
+        return [store_dataset(spec.uri)]
+    names = [spec.table] if spec.table else sql_tables(spec.sql)
+    return [table_dataset(name, table_location(spark, name, missing_ok=True)) for name in names]

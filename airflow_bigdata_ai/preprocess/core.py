@@ -77,8 +77,9 @@ def prepare(
         raise SettingsError(f"max_bad_fraction must be within [0, 1], got {max_bad_fraction}")
     spec = coerce_source(source)
     try:
-        source_store = source_store or open_store(str(spec.root), s3_options)
         output_store = output_store or open_store(output_uri, s3_options)
+        # a query source without uri= reads no files: the output store stands in
+        source_store = source_store or (open_store(str(spec.root), s3_options) if spec.uri else output_store)
         writer = ShardWriter(output_store, output_uri)
     except InvalidReference as exc:
         raise SettingsError(f"output_uri {output_uri!r}: {exc}") from None
@@ -141,6 +142,8 @@ def run_prepared(
 ) -> ShardSet:
     """Run a prepared job (on ``spark``'s executors, or in this process) and commit its ShardSet."""
     job, rows_per_shard, writer = prepared.job, prepared.rows_per_shard, prepared.job.writer
+    if spark is None and job.source.is_query:
+        raise SettingsError(f"the {job.source.describe()} is run by Spark: pass spark= (a session on the cluster)")
     start = time.monotonic()
     parallelism = prepared.parallelism
     if spark is not None:
@@ -194,7 +197,7 @@ def _finish(
     report = {
         "kind": QUARANTINE_KIND,
         "version": "1.0",
-        "source": spec.uri,
+        "source": spec.describe(),
         "counts": counts,
         "records": [{k: r[k] for k in ("record_id", "uri", "reason", "detail")} for r in bad],
     }

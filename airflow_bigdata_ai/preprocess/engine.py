@@ -283,6 +283,8 @@ def run_spark(
     ``parallelism``: the cores the executors have; one job of one task per core, each listing the source
     and writing an equal run of shards. Without it, a listing job, then one task per shard.
     """
+    if job.source.is_query:
+        return _run_query(spark, job, rows_per_shard, parallelism, tag, progress)
     start = time.monotonic()
     staged = 0
     stop = threading.Event()
@@ -312,7 +314,7 @@ def run_spark(
                 counts = seed.mapInArrow(_list_partition(job, rows_per_shard), LISTING_DDL).collect()[0]
                 staged = tasks = int(counts["shards"])
                 state.update(total=int(counts["inputs"]), shards=staged)
-                log.info("preprocess: %d inputs in %d shards from %s", state["total"], staged, job.source.uri)
+                log.info("preprocess: %d inputs in %d shards from %s", state["total"], staged, job.source.describe())
                 plan = spark.range(0, tasks, 1, tasks).mapInArrow(
                     _process_partition(job, staged, tasks, state["total"]), SUMMARY_DDL
                 )
@@ -339,7 +341,7 @@ def run_spark(
             raise
         if len(listings) > 1:
             raise RuntimeError(
-                f"the source {job.source.uri} changed while the tasks listed it ({len(listings)} different "
+                f"the source {job.source.describe()} changed while the tasks listed it ({len(listings)} different "
                 "listings); nothing was committed, a retry lists it again"
             )
     finally:
@@ -355,6 +357,34 @@ def run_spark(
             spark.removeTag(tag)
     log.info(
         "preprocess: %d inputs in %d shards from %s, %d Spark tasks, %.1f s",
-        state["total"], state["shards"], job.source.uri, tasks, time.monotonic() - start,
+        state["total"], state["shards"], job.source.describe(), tasks, time.monotonic() - start,
     )  # fmt: skip
+    return rows
+
+
+def _run_query(
+    spark: SparkSession,
+    job: ShardJob,
+    rows_per_shard: int,
+    parallelism: int | None,
+    tag: str | None,
+    progress: ProgressCallback | None,
+) -> list[dict[str, Any]]:
+    """A table or SQL source (:mod:`airflow_bigdata_ai.preprocess.query`), tagged like a file source."""
+    from airflow_bigdata_ai.preprocess.query import run_query
+
+    start = time.monotonic()
+    if tag:
+        spark.addTag(tag)
+    try:
+        try:
+            rows, total, shards = run_query(spark, job, rows_per_shard, parallelism)
+        except Exception as exc:
+            _reraise_executor_error(exc)
+            raise
+    finally:
+        if tag:
+            spark.removeTag(tag)
+    if progress is not None:
+        progress(Progress(total, total, shards, shards, time.monotonic() - start))
     return rows

@@ -16,6 +16,7 @@ UNDECODABLE = "undecodable"
 WRONG_CHANNELS = "wrong_channels"
 DECOMPRESSION_BOMB = "decompression_bomb"
 BAD_LABEL = "bad_label"
+MISSING_FILE = "missing_file"
 TRANSFORM_ERROR = "transform_error"
 BAD_OUTPUT = "bad_output"
 
@@ -67,6 +68,11 @@ class SourceLayoutError(SourceError):
     Raised before any Spark job starts where it can be (labels files are read on the driver); a retry
     cannot fix it, so the operator fails without retries.
     """
+
+
+class QueryError(SourceLayoutError):
+    """A table or SQL source Spark cannot run (syntax, a missing table or column): Spark's message, not
+    retried (the same query fails the same way)."""
 
 
 class SettingsError(ValueError):

@@ -21,6 +21,7 @@ from airflow_bigdata_ai.preprocess.allocator import keep_large_allocations
 from airflow_bigdata_ai.preprocess.errors import (
     BAD_LABEL,
     BAD_OUTPUT,
+    MISSING_FILE,
     TRANSFORM_ERROR,
     Quarantined,
     QuarantineRecord,
@@ -29,6 +30,7 @@ from airflow_bigdata_ai.preprocess.images import ImageGuards, ImagePipeline, dec
 from airflow_bigdata_ai.preprocess.labels import LabelsFile
 from airflow_bigdata_ai.preprocess.sources import SourceSpec, list_units, read_tabular
 from airflow_bigdata_ai.shards.dataset import ShardWriter
+from airflow_bigdata_ai.shards.errors import InvalidReference
 from airflow_bigdata_ai.shards.store import LocalStore, ShardStore
 from airflow_bigdata_ai.shards.tensors import encode_tensors, tensor_field
 from airflow_bigdata_ai.usercode import UserCallable
@@ -332,23 +334,35 @@ class ShardJob:
                 data = next(contents)  # infrastructure errors (missing object, S3 error) raise here
                 yield unit["record_id"], unit["uri"], unit["label"], data
             return
+        if self.source.is_query:  # rows arrive inline (preprocess.query), already sorted by id
+            for unit in units:
+                yield self._row_record(unit["record_id"], unit["row"].get(self.source.path_column), unit["row"])
+            return
         for unit in units:
             table = read_tabular(self.source, self.source_store, unit["uri"])
-            label_col = self.source.label_column
             for index, row in enumerate(table.to_pylist()):
-                record_id = f"{unit['record_id']}#{index}"
-                label: int | None = None
-                if label_col is not None:
-                    raw = row.pop(label_col, None)
-                    try:
-                        label = _parse_label(raw)
-                    except (TypeError, ValueError):
-                        yield record_id, unit["uri"], None, Quarantined(BAD_LABEL, f"label {raw!r} is not an integer")
-                        continue
-                if self.source.image_column is not None:
-                    yield record_id, unit["uri"], label, row.get(self.source.image_column) or b""
-                else:
-                    yield record_id, unit["uri"], label, row
+                yield self._row_record(f"{unit['record_id']}#{index}", unit["uri"], row)
+
+    def _row_record(self, record_id: str, uri: str | None, row: dict[str, Any]) -> tuple[str, str, int | None, Any]:
+        """One table row: its label and payload (image bytes, the bytes of the file it names, or its values)."""
+        label: int | None = None
+        if self.source.label_column is not None:
+            raw = row.pop(self.source.label_column, None)
+            try:
+                label = _parse_label(raw)
+            except (TypeError, ValueError):
+                return record_id, str(uri), None, Quarantined(BAD_LABEL, f"label {raw!r} is not an integer")
+        if self.source.image_column is not None:
+            return record_id, str(uri), label, row.get(self.source.image_column) or b""
+        if self.source.path_column is not None:
+            if not uri:
+                return record_id, "", None, Quarantined(MISSING_FILE, f"no path in column {self.source.path_column!r}")
+            target = uri if "://" in uri else str(self.source.root.join(uri))  # relative to the source's uri
+            try:
+                return record_id, target, label, self.source_store.read_bytes(target)
+            except (FileNotFoundError, InvalidReference) as exc:
+                return record_id, target, None, Quarantined(MISSING_FILE, f"{type(exc).__name__}: {exc}")
+        return record_id, str(uri), label, row
 
     def _apply(self, payload: Any) -> dict[str, Any]:
         if isinstance(payload, Quarantined):

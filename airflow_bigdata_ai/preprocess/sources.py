@@ -1,4 +1,5 @@
-"""Sources: a folder or prefix of images (labels from sub-folders or a labels file), Parquet, CSV.
+"""Sources: a folder or prefix of images (labels from sub-folders or a labels file), Parquet, CSV, and
+a Spark table or SQL query (:mod:`airflow_bigdata_ai.preprocess.query`).
 
 Listing runs where it is called: the Spark engine calls :func:`list_units` inside an executor task, so
 neither the Airflow worker nor the driver ever holds the data. The listing is sorted and sharded here,
@@ -19,7 +20,8 @@ from airflow_bigdata_ai.preprocess.images import IMAGE_EXTENSIONS
 from airflow_bigdata_ai.shards.paths import StoreURI, parse_uri
 from airflow_bigdata_ai.shards.store import ShardStore
 
-FORMATS = ("images", "parquet", "csv")
+QUERY_FORMATS = ("table", "sql")
+FORMATS = ("images", "parquet", "csv", *QUERY_FORMATS)
 
 # One listing unit: an image file, or a whole tabular file. Spark DDL and Arrow schema must agree.
 UNIT_SCHEMA = pa.schema(
@@ -43,9 +45,15 @@ class SourceSpec:
     without it the sorted folder names are the classes. Tabular sources (``parquet``, ``csv``)
     give one output shard per input file; ``image_column`` holds encoded image bytes to decode.
     Paths with a segment starting with ``.`` or ``_`` (``_SUCCESS``, ``.tmp``) are not inputs.
+
+    Query sources: ``table`` (a catalog table name) or ``sql`` (a query, templated in the operator), run on
+    the shared Spark application. A row's payload is its ``image_column`` (encoded image bytes), the file
+    its ``path_column`` names (a URI inside the store at ``uri``), or else the row's other columns.
+    ``id_column`` names a unique key (else a row's id is the sha256 of its values); ``label_column`` as for
+    tabular files. ``format`` is implied by ``table=`` or ``sql=``.
     """
 
-    uri: str
+    uri: str = ""
     format: str = "images"
     labels: str = "folders"
     classes: tuple[str, ...] | None = None
@@ -54,11 +62,42 @@ class SourceSpec:
     label_column: str | None = None
     columns: tuple[str, ...] | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    table: str | None = None
+    sql: str | None = None
+    id_column: str | None = None
+    path_column: str | None = None
 
     def __post_init__(self) -> None:
         if self.format not in FORMATS:
             raise ValueError(f"source format must be one of {FORMATS}, got {self.format!r}")
-        parse_uri(self.uri)
+        if self.is_query:
+            if (self.table is None) == (self.sql is None) or self.format != ("table" if self.table else "sql"):
+                raise ValueError("a query source gives exactly one of table= or sql=")
+            if not (self.table or "").strip() and not (self.sql or "").strip():
+                raise ValueError("the source's table name or SQL query is empty")
+            if self.image_column and self.path_column:
+                raise ValueError("give image_column (image bytes) or path_column (image URIs), not both")
+            if self.path_column and not self.uri:
+                raise ValueError("path_column needs uri=: the store root the paths live in")
+        elif self.table is not None or self.sql is not None:
+            raise ValueError(f"table= and sql= make a query source; format {self.format!r} reads uri=")
+        elif not self.uri:
+            raise ValueError("the source needs uri= (or table= / sql=)")
+        if self.uri:
+            parse_uri(self.uri)
+
+    @property
+    def is_query(self) -> bool:
+        return self.format in QUERY_FORMATS
+
+    def describe(self) -> str:
+        """The source in a log line or error: its URI, table name or (shortened) query."""
+        if self.table:
+            return f"table {self.table}"
+        if self.sql:
+            text = " ".join(self.sql.split())
+            return f"query {text[:200]!r}"
+        return self.uri
 
     @classmethod
     def coerce(cls, value: SourceSpec | Mapping[str, Any] | str) -> SourceSpec:
@@ -67,6 +106,8 @@ class SourceSpec:
         if isinstance(value, str):
             return cls(uri=value)
         data = dict(value)
+        if "format" not in data and ("table" in data or "sql" in data):
+            data["format"] = "table" if "table" in data else "sql"
         for key in ("classes", "extensions", "columns"):
             if data.get(key) is not None:
                 data[key] = tuple(str(v) for v in data[key])
@@ -84,6 +125,9 @@ class SourceSpec:
             "classes": list(self.classes) if self.classes is not None else None,
             "image_column": self.image_column,
             "label_column": self.label_column,
+            **({"table": self.table} if self.table else {}),
+            **({"sql": self.sql, "id_column": self.id_column} if self.sql else {}),
+            **({"path_column": self.path_column} if self.path_column else {}),
         }
 
 

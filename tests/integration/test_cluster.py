@@ -339,6 +339,12 @@ def test_concurrent_start_makes_one_cluster_and_dead_service_is_replaced(tmp_pat
         # the state dir is too deep for Ray's socket paths: Ray got a short link to the scratch dir
         assert os.path.realpath(paths.ray_temp_root()) == os.path.realpath(paths.ray_temp)
 
+        # the embedded catalog (issue 17): a table written now must outlive the service
+        writer = attach(config)
+        writer.spark().sql("CREATE TABLE kept_rows (id INT, name STRING) USING parquet PARTITIONED BY (name)")
+        writer.spark().sql("INSERT INTO kept_rows VALUES (1, 'a'), (2, 'b')")
+        writer.close()
+
         # SIGKILL the service: detected as dead, its leftovers ended, a new service replaces it
         old = cluster_processes(state_dir)
         snapshots.update(old)
@@ -356,6 +362,10 @@ def test_concurrent_start_makes_one_cluster_and_dead_service_is_replaced(tmp_pat
         spark = replaced.spark()
         app_id = spark.conf.get("spark.app.id")
         assert spark.range(100).repartition(2).mapInPandas(lambda it: it, "id long").count() == 100  # executors
+        kept = spark.sql("SELECT id, name FROM kept_rows ORDER BY id").collect()
+        assert [(r["id"], r["name"]) for r in kept] == [(1, "a"), (2, "b")], "the catalog lost a table"
+        location = spark.sql("DESCRIBE TABLE EXTENDED kept_rows").where("col_name = 'Location'").collect()[0][1]
+        assert location.startswith(f"file:{os.path.abspath(state_dir)}/catalog/warehouse/"), location
         second_ray = _ray_temp_dirs(paths, replaced.endpoint)
         assert len(second_ray["scratch"]) == 1 and second_ray["tmp"] == [], second_ray
         assert os.path.isdir(os.path.join(paths.spark_home, "work", app_id))

@@ -1,0 +1,127 @@
+"""The tabular example DAG end to end (tiny scale) on the shared cluster, with OpenLineage's file transport.
+
+The run loads scikit-learn's breast-cancer table as the date's partition, preprocesses it with templated SQL
+and a Python transform, trains an MLP, infers with OpenVINO and publishes the predictions as the date's
+partition of a table; the test then queries that table with Spark SQL and checks that the OpenLineage
+events of the run chain from the source table to the predictions table.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+pytestmark = [pytest.mark.system, pytest.mark.integration, pytest.mark.timeout(900)]
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+DS = "2026-11-20"
+
+
+def _dag() -> Any:
+    path = os.path.join(REPO, "dags_examples", "tabular_warehouse.py")
+    spec = importlib.util.spec_from_file_location("abai_tabular_warehouse", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.tabular_warehouse()
+
+
+def _openlineage_to(path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Send this process's OpenLineage events to ``path`` (the provider caches its settings: reset them)."""
+    from airflow.providers.openlineage import conf
+    from airflow.providers.openlineage.plugins.listener import get_openlineage_listener
+
+    transport = {"type": "file", "log_file_path": path, "append": True}
+    monkeypatch.setenv("AIRFLOW__OPENLINEAGE__TRANSPORT", json.dumps(transport))
+    monkeypatch.setenv("AIRFLOW__OPENLINEAGE__NAMESPACE", "abai-test")
+    monkeypatch.setenv("AIRFLOW__OPENLINEAGE__DISABLED", "False")
+    for name in dir(conf):
+        clear = getattr(getattr(conf, name), "cache_clear", None)
+        if clear is not None:
+            clear()
+    listener = get_openlineage_listener()
+    listener.adapter._client = None  # built again from the settings above
+
+
+def _events(path: str) -> list[dict[str, Any]]:
+    with open(path) as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def _names(datasets: list[dict[str, Any]]) -> set[tuple[str, str]]:
+    return {(d["namespace"], d["name"]) for d in datasets}
+
+
+def _table(dataset: dict[str, Any]) -> str | None:
+    links = dataset.get("facets", {}).get("symlinks", {}).get("identifiers", [])
+    return links[0]["name"] if links else None
+
+
+def test_tabular_example_publishes_a_queryable_partition_and_lineage_chains(
+    airflow_db: str, shared_cluster: Any, attached: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    extra = {"mode": "remote", "state_dir": shared_cluster.config.state_dir}
+    monkeypatch.setenv("AIRFLOW_CONN_RAY_ON_SPARK_DEFAULT", json.dumps({"conn_type": "ray_on_spark", "extra": extra}))
+    monkeypatch.setenv("AIRFLOW_BIGDATA_AI_EXAMPLE_SCALE", "tiny")
+    events_path = str(tmp_path / "openlineage.jsonl")
+    _openlineage_to(events_path, monkeypatch)
+
+    run = _dag().test(logical_date=datetime(2026, 11, 20, tzinfo=UTC))
+    assert run.state == "success"
+
+    spark = attached.spark()
+    rows = spark.sql(
+        "SELECT p.ds, count(*) AS n, avg(CASE WHEN p.predicted = p.label THEN 1.0 ELSE 0.0 END) AS accuracy "
+        "FROM abai_examples.breast_cancer_predictions p WHERE p.ds = '2026-11-20' GROUP BY p.ds"
+    ).collect()
+    assert len(rows) == 1 and rows[0]["n"] == 569, rows
+    print(f"predictions table: {rows[0]['n']} rows, accuracy {rows[0]['accuracy']:.3f}")
+    assert rows[0]["accuracy"] >= 0.9, rows
+
+    events = [e for e in _events(events_path) if e.get("eventType") == "COMPLETE" and "." in e["job"]["name"]]
+    complete = {e["job"]["name"].split(".")[-1]: e for e in events}
+    for task in ("preprocess", "train", "infer", "publish_predictions"):
+        assert task in complete, f"no COMPLETE event for {task}: {sorted(complete)}"
+    pre, train, infer, publish = (complete[t] for t in ("preprocess", "train", "infer", "publish_predictions"))
+    assert [_table(d) for d in pre["inputs"]] == ["abai_examples.breast_cancer"], pre["inputs"]
+    features = _names(pre["outputs"])
+    assert len(features) == 1 and features <= _names(train["inputs"]) and features <= _names(infer["inputs"])
+    assert _names(train["outputs"]) <= _names(infer["inputs"])
+    predictions = _names(infer["outputs"])
+    assert predictions == _names(publish["inputs"])
+    assert [_table(d) for d in publish["outputs"]] == ["abai_examples.breast_cancer_predictions"]
+    out = pre["outputs"][0]
+    assert out["outputFacets"]["outputStatistics"]["rowCount"] == 569
+    assert {f["name"] for f in out["facets"]["schema"]["fields"]} >= {"record_id", "features", "label"}
+    assert publish["outputs"][0]["outputFacets"]["outputStatistics"]["rowCount"] == 569
+    namespace, name = next(iter(features))
+    assert namespace == "file" and name.endswith("/tabular_warehouse/preprocess/ds=2026-11-20"), (namespace, name)
+
+
+def test_a_query_spark_cannot_run_fails_the_task_at_once_without_retries(
+    airflow_db: str, shared_cluster: Any, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    from airflow.sdk import DAG
+
+    from airflow_bigdata_ai.operators.preprocess import SparkPreprocessOperator
+
+    extra = {"mode": "remote", "state_dir": shared_cluster.config.state_dir}
+    monkeypatch.setenv("AIRFLOW_CONN_RAY_ON_SPARK_DEFAULT", json.dumps({"conn_type": "ray_on_spark", "extra": extra}))
+    with DAG("abai_bad_query", schedule=None, start_date=datetime(2026, 1, 1, tzinfo=UTC)) as dag:
+        SparkPreprocessOperator(
+            task_id="preprocess",
+            source={"sql": "SELECT * FROM abai_examples.no_such_table WHERE ds = '{{ ds }}'"},
+            retries=3,
+        )
+    run = dag.test(logical_date=datetime(2026, 11, 21, tzinfo=UTC))
+    output = capfd.readouterr()
+    assert run.state == "failed"
+    (ti,) = run.get_task_instances()
+    assert ti.state == "failed" and ti.try_number == 1, (ti.state, ti.try_number)  # not up_for_retry
+    text = output.out + output.err
+    assert "TABLE_OR_VIEW_NOT_FOUND" in text and "no_such_table WHERE ds = '2026-11-21'" in text, text[-3000:]
