@@ -76,10 +76,12 @@ def distributed(
     from airflow_bigdata_ai.train import EpochProgress, RunKey, TrainConfig, train
 
     times: list[float] = []
+    splits: list[dict[str, float]] = []
 
     def progress(p: EpochProgress) -> None:
         times.append(p.epoch_seconds)
-        print(f"ray    {p.line()}", flush=True)
+        splits.append(p.time_split)
+        print(f"ray    {p.line()} {p.time_split}", flush=True)
 
     ref = train(
         shardset,
@@ -99,7 +101,14 @@ def distributed(
         run=RunKey("bench", f"train_{workers}x{cpus:g}_{precision}", f"bench-{time.time_ns()}"),
         progress=progress,
     )
+    ref.metrics["time_splits"] = splits
     return times, ref
+
+
+def steady_split(splits: list[dict[str, float]]) -> dict[str, float]:
+    """Median of each part of rank 0's steady epochs (the first epoch left out, as for the ratios)."""
+    steady = [s for s in splits[1:] or splits if s]
+    return {k: round(statistics.median(s[k] for s in steady), 3) for k in (steady[0] if steady else {})}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -157,6 +166,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "first_epoch_s": round(ray_times[0], 3) if ray_times else None,
                 "wall_s": round(time.perf_counter() - started, 1),
                 "val_accuracy": round(ref.metrics["val_accuracy"], 4),
+                "time_split": steady_split(ref.metrics["time_splits"]),
             }
     finally:
         if attached is not None:

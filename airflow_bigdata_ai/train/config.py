@@ -166,6 +166,7 @@ class EpochProgress:
     samples_per_s: float
     epoch_seconds: float
     restarts: int = 0
+    time_split: dict[str, float] = field(default_factory=dict)  # rank 0: data wait, decode, steps, validation
 
     def line(self) -> str:
         return (

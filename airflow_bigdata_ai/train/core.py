@@ -155,6 +155,7 @@ class _EventWatcher:
                     samples_per_s=float(event["samples_per_s"]),
                     epoch_seconds=float(event["epoch_seconds"]),
                     restarts=self.restarts,
+                    time_split=dict(event.get("time_split") or {}),
                 )
                 log.info("%s", line.line())
                 if self.progress is not None:

@@ -264,21 +264,27 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         torch.manual_seed(epoch_seed(cfg.seed, epoch, rank))
         model.train()
         started = time.perf_counter()
-        loss_sum = seen = 0.0
+        loss_sum = seen = wait_s = decode_s = 0.0
         batches = train_iterator.iter_batches(
             batch_size=cfg.batch_size,
             batch_format="pyarrow",
             local_shuffle_buffer_size=cfg.shuffle_buffer or None,
             local_shuffle_seed=cfg.seed * 1000 + epoch + rank if cfg.shuffle_buffer else None,
         )
+        mark = started
         for index, table in enumerate(batches):
+            fetched = time.perf_counter()
             inputs, targets = batch_to_tensors(table, spec)
+            decoded = time.perf_counter()
+            wait_s, decode_s = wait_s + fetched - mark, decode_s + decoded - fetched
             ctx = StepContext(model, optimizer, loss_fn, inputs, targets, epoch, index, rank, world, cfg.precision)
             loss = step(ctx)
             loss_sum += float(loss) * len(targets)
             seen += len(targets)
+            mark = time.perf_counter()
         train_seconds = time.perf_counter() - started
         val = _evaluate(model, spec, loss_fn, val_data)
+        validated = time.perf_counter()
         loss_sum, seen, val_loss, val_correct, val_total = _all_reduce([loss_sum, seen, *val])
         epoch_seconds = time.perf_counter() - started
         metrics = {
@@ -290,6 +296,14 @@ def train_loop(loop_config: dict[str, Any]) -> None:
             "train_samples": int(seen),
             "samples_per_s": seen / max(train_seconds, 1e-9),
             "epoch_seconds": epoch_seconds,
+            # where rank 0's epoch went: waiting for batches, decoding them, steps, validation, the all-reduce
+            "time_split": {
+                "data_wait_s": round(wait_s, 4),
+                "decode_s": round(decode_s, 4),
+                "step_s": round(train_seconds - wait_s - decode_s, 4),
+                "validate_s": round(validated - started - train_seconds, 4),
+                "all_reduce_s": round(started + epoch_seconds - validated, 4),
+            },
         }
         if cfg.precision == "bf16":  # without native bf16 (AVX-512 BF16 / AMX) oneDNN emulates it, slower
             metrics["bf16_native"] = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())

@@ -66,6 +66,10 @@ def test_benchmarks_fast(shared_cluster: SharedCluster, tmp_path) -> None:
             assert row["median"] > 0, (name, row)
         assert name == "e2e" or any(row["ratio"] for row in entry["rows"]), name
     assert report["benchmarks"]["e2e"]["detail"]["per_task"] == "skipped"
+    # where rank 0's steady training epoch went, measured by the training loop itself
+    split = report["benchmarks"]["train"]["detail"]["layouts"]["1x2cpu"]["time_split"]
+    assert set(split) == {"data_wait_s", "decode_s", "step_s", "validate_s", "all_reduce_s"}, split
+    assert split["step_s"] > 0, split
     # XCom carries the same few hundred bytes whatever the number of shards
     xcom = report["benchmarks"]["handoff"]["detail"]["xcom_bytes"]
     assert list(xcom) == ["1", "10", "100", "1000", "10000"] and max(xcom.values()) - min(xcom.values()) < 64

@@ -40,6 +40,8 @@ def _openlineage_to(path: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AIRFLOW__OPENLINEAGE__TRANSPORT", json.dumps(transport))
     monkeypatch.setenv("AIRFLOW__OPENLINEAGE__NAMESPACE", "abai-test")
     monkeypatch.setenv("AIRFLOW__OPENLINEAGE__DISABLED", "False")
+    # a thread, not a fork, emits: a forked child of a process holding gRPC channels (Spark Connect, Ray) may hang
+    monkeypatch.setenv("AIRFLOW__OPENLINEAGE__EXECUTE_IN_THREAD", "True")
     for name in dir(conf):
         clear = getattr(getattr(conf, name), "cache_clear", None)
         if clear is not None:
