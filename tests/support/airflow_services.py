@@ -21,6 +21,8 @@ import requests
 from tests.support.s3server import free_port
 
 BIN = os.path.dirname(sys.executable)
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SQLITE_CONNECT_ARGS = "tests.support.sqlite_settings.CONNECT_ARGS"
 
 
 @dataclass
@@ -58,11 +60,15 @@ class AirflowServices:
                 "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "5",
                 "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2",
                 "AIRFLOW__LOGGING__BASE_LOG_FOLDER": os.path.join(self.home, "logs"),
+                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS": SQLITE_CONNECT_ARGS,
+                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS_ASYNC": SQLITE_CONNECT_ARGS,
                 "NO_PROXY": "localhost,127.0.0.1",
                 "no_proxy": "localhost,127.0.0.1",
             }
         )
         env.update(self.extra_env)
+        # the services import SQLITE_CONNECT_ARGS from this repository's tests package
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO, env.get("PYTHONPATH", "")]))
         return env
 
     def start(self, timeout_s: float = 180) -> None:
