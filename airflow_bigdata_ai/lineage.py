@@ -61,7 +61,7 @@ def _dataset(descriptor: dict[str, Any], output: bool) -> Any:
         namespace, name = namespace_and_name(str(descriptor["uri"]))
     if not output:
         return InputDataset(namespace=namespace, name=name, facets=facets)
-    statistics = {}
+    statistics: dict[str, Any] = {}
     if descriptor.get("rows") is not None:
         statistics["outputStatistics"] = output_statistics_output_dataset.OutputStatisticsOutputDatasetFacet(
             rowCount=int(descriptor["rows"]), size=descriptor.get("bytes")
@@ -107,4 +107,5 @@ def sql_tables(sql: str) -> list[str]:
         return []
     if meta is None:
         return []
-    return [".".join(p for p in (t.database, t.name) if p) for t in meta.in_tables]
+    names = {".".join(p for p in (t.database, getattr(t, "schema", None), t.name) if p) for t in meta.in_tables}
+    return sorted(names)

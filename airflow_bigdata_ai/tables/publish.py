@@ -105,8 +105,9 @@ def table_location(
         if (partition and "PARTITION" in text and "NOT" in text) or missing_ok:
             return None
         raise
+    # with a partition, its own "Location" comes first (the table's follows under "Storage Information")
     found = [r for r in rows if str(r[0]).strip() == "Location"]
-    return str(found[-1][1]).strip() if found else None
+    return str(found[0][1]).strip() if found else None
 
 
 def publish_partition(
@@ -155,7 +156,7 @@ def publish_partition(
         )
     else:
         frame = spark.createDataFrame([], spark_schema)
-    frame.write.mode("errorifexists").parquet(location)  # a complete version before anything points at it
+    frame.write.mode("error").parquet(location)  # a complete version before anything points at it
     previous = table_location(spark, table, spec)
     spark.sql(f"ALTER TABLE {table} ADD IF NOT EXISTS PARTITION ({spec}) LOCATION {_quote(location)}")
     spark.sql(f"ALTER TABLE {table} PARTITION ({spec}) SET LOCATION {_quote(location)}")

@@ -20,6 +20,7 @@ from PIL import Image
 from airflow_bigdata_ai.cluster.client import attach
 from airflow_bigdata_ai.preprocess import preprocess
 from airflow_bigdata_ai.preprocess.errors import QueryError
+from airflow_bigdata_ai.preprocess.sources import shard_count
 from airflow_bigdata_ai.shards import ShardSet, ShardWriter, load_manifest, open_store, read_table
 from airflow_bigdata_ai.shards.refs import Producer
 from airflow_bigdata_ai.tables import publish_partition
@@ -76,16 +77,18 @@ def test_sql_source_gives_each_date_its_rows_reruns_are_identical_and_broken_byt
     second = read_table(store, refs[DATES[1]])
     assert sorted(first.column("record_id").to_pylist()) == [f"{DATES[0]}-{i:03d}" for i in range(40)]
     assert sorted(second.column("record_id").to_pylist()) == [f"{DATES[1]}-{i:03d}" for i in range(50)]
-    assert refs[DATES[0]].num_shards == 3 and refs[DATES[1]].num_shards == 4  # ceil(rows / 16)
+    # the file rule: ceil(rows / 16) rounded up to a multiple of the cluster's 2 cores (41 -> 4, 50 -> 4)
+    assert refs[DATES[0]].num_shards == shard_count(41, 16, 2) == 4 and refs[DATES[1]].num_shards == 4
     stats = refs[DATES[0]].stats
     assert stats["quarantined"] == 1 and stats["by_reason"] == {"undecodable": 1}, stats
     labels = dict(zip(first.column("record_id").to_pylist(), first.column("label").to_pylist(), strict=True))
     assert labels[f"{DATES[0]}-013"] == 3
 
+    first_sums = _checksums(store, refs[DATES[0]])  # a rerun supersedes this manifest
     again = preprocess(_sql(DATES[0]), f"file://{tmp_path}/events/ds={DATES[0]}", spark=spark, transform=FLOAT_FN,
                        rows_per_shard=16, max_bad_fraction=0.1)  # fmt: skip
     assert again.manifest_uri != refs[DATES[0]].manifest_uri
-    assert _checksums(store, again) == _checksums(store, refs[DATES[0]])
+    assert _checksums(store, again) == first_sums
 
 
 def test_a_table_source_without_an_id_column_is_still_deterministic(spark: Any, tmp_path: Any) -> None:

@@ -105,22 +105,36 @@ def test_tabular_example_publishes_a_queryable_partition_and_lineage_chains(
     assert namespace == "file" and name.endswith("/tabular_warehouse/preprocess/ds=2026-11-20"), (namespace, name)
 
 
-def test_a_query_spark_cannot_run_fails_the_task_at_once_without_retries(
-    airflow_db: str, shared_cluster: Any, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
-) -> None:
+BAD_QUERY_DAG_FILE = """# airflow DAG file (safe-mode discovery needs both words)
+from tests.system.test_tabular_warehouse import build_bad_query_dag
+
+dag = build_bad_query_dag()
+"""
+
+
+def build_bad_query_dag() -> Any:
+    """A preprocessing over a table that does not exist, with retries left (dag.test() reads the dags folder)."""
     from airflow.sdk import DAG
 
     from airflow_bigdata_ai.operators.preprocess import SparkPreprocessOperator
 
-    extra = {"mode": "remote", "state_dir": shared_cluster.config.state_dir}
-    monkeypatch.setenv("AIRFLOW_CONN_RAY_ON_SPARK_DEFAULT", json.dumps({"conn_type": "ray_on_spark", "extra": extra}))
     with DAG("abai_bad_query", schedule=None, start_date=datetime(2026, 1, 1, tzinfo=UTC)) as dag:
         SparkPreprocessOperator(
             task_id="preprocess",
             source={"sql": "SELECT * FROM abai_examples.no_such_table WHERE ds = '{{ ds }}'"},
             retries=3,
         )
-    run = dag.test(logical_date=datetime(2026, 11, 21, tzinfo=UTC))
+    return dag
+
+
+def test_a_query_spark_cannot_run_fails_the_task_at_once_without_retries(
+    airflow_db: str, shared_cluster: Any, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    extra = {"mode": "remote", "state_dir": shared_cluster.config.state_dir}
+    monkeypatch.setenv("AIRFLOW_CONN_RAY_ON_SPARK_DEFAULT", json.dumps({"conn_type": "ray_on_spark", "extra": extra}))
+    with open(os.path.join(os.environ["AIRFLOW__CORE__DAGS_FOLDER"], "abai_bad_query.py"), "w") as handle:
+        handle.write(BAD_QUERY_DAG_FILE)
+    run = build_bad_query_dag().test(logical_date=datetime(2026, 11, 21, tzinfo=UTC))
     output = capfd.readouterr()
     assert run.state == "failed"
     (ti,) = run.get_task_instances()
