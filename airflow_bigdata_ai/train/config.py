@@ -173,4 +173,6 @@ class EpochProgress:
             f"epoch {self.epoch + 1}/{self.epochs} train_loss={self.train_loss:.4f} val_loss={self.val_loss:.4f} "
             f"val_accuracy={self.val_accuracy:.4f} samples/s={self.samples_per_s:.0f} "
             f"epoch_s={self.epoch_seconds:.2f} restarts={self.restarts}"
-        )
+            + (" (rank 0: " + ", ".join(f"{k.removesuffix('_s')} {v:.2f}s" for k, v in self.time_split.items()) + ")"
+               if self.time_split else "")
+        )  # fmt: skip
