@@ -115,6 +115,9 @@ def test_trigger_backfill_and_clear_through_the_api(example_airflow):
         "preprocessing is deterministic"
     )
 
+    # only the test's own runs shared the cluster: none from the schedule (USE_JOB_SCHEDULE off in the fixture)
+    assert api.api("GET", f"/dags/{DAG_ID}/dagRuns", params={"run_type": "scheduled"})["dag_runs"] == []
+
     logs = example_airflow.task_logs()
     starts = re.findall(r"started cluster service pid \d+ \(cluster (\w+)\)", logs)
     attached = re.findall(r"Attached to shared cluster (\w+)", logs)
