@@ -335,8 +335,11 @@ class ShardJob:
                 yield unit["record_id"], unit["uri"], unit["label"], data
             return
         if self.source.is_query:  # rows arrive inline (preprocess.query), already sorted by id
+            origin = f"table:{self.source.table}" if self.source.table else "query"  # where a bad row came from
             for unit in units:
-                yield self._row_record(unit["record_id"], unit["row"].get(self.source.path_column), unit["row"])
+                row = unit["row"]
+                path = row.get(self.source.path_column) if self.source.path_column else origin
+                yield self._row_record(unit["record_id"], path, row)
             return
         for unit in units:
             table = read_tabular(self.source, self.source_store, unit["uri"])

@@ -91,6 +91,27 @@ def test_sql_source_gives_each_date_its_rows_reruns_are_identical_and_broken_byt
     assert _checksums(store, again) == first_sums
 
 
+def test_rows_that_name_image_files_are_read_from_the_store_and_a_missing_file_is_quarantined(
+    spark: Any, tmp_path: Any
+) -> None:
+    """``path_column``: a URI or a path relative to ``uri``; a row whose file is gone is quarantined."""
+    images = tmp_path / "images"
+    images.mkdir()
+    rows = []
+    for i in range(12):
+        (images / f"{i:02d}.png").write_bytes(_png(i % 10))
+        rows.append((f"p-{i:02d}", f"{i:02d}.png" if i % 2 else f"file://{images}/{i:02d}.png", i % 10))
+    rows.append(("p-gone", "gone.png", 1))
+    spark.sql(f"DROP TABLE IF EXISTS {DB}.paths")
+    spark.createDataFrame(rows, "id string, path string, label long").write.saveAsTable(f"{DB}.paths")
+    source = {"table": f"{DB}.paths", "uri": f"file://{images}", "path_column": "path", "id_column": "id",
+              "label_column": "label"}  # fmt: skip
+    ref = preprocess(source, f"file://{tmp_path}/out", spark=spark, transform=FLOAT_FN, max_bad_fraction=0.1)
+    table = read_table(open_store(f"file://{tmp_path}"), ref)
+    assert sorted(table.column("record_id").to_pylist()) == [f"p-{i:02d}" for i in range(12)]
+    assert ref.stats["by_reason"] == {"missing_file": 1}, ref.stats
+
+
 def test_a_table_source_without_an_id_column_is_still_deterministic(spark: Any, tmp_path: Any) -> None:
     """Rows keyed by the sha256 of their values; two identical rows stay two records."""
     spark.sql(f"DROP TABLE IF EXISTS {DB}.features")

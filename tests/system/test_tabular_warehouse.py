@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -31,11 +32,19 @@ def _dag() -> Any:
     return module.tabular_warehouse()
 
 
-def _openlineage_to(path: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Send this process's OpenLineage events to ``path`` (the provider caches its settings: reset them)."""
+@pytest.fixture
+def openlineage_events(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """OpenLineage's events of this process, sent to a file (the provider caches its settings: reset them).
+
+    Airflow loads its plugins, and with them the OpenLineage listener, once per process: when an earlier
+    test of the session loaded them while OpenLineage had no transport, the listener was left out. It is
+    registered here for this test and removed after it.
+    """
     from airflow.providers.openlineage import conf
     from airflow.providers.openlineage.plugins.listener import get_openlineage_listener
+    from airflow.sdk.listener import get_listener_manager
 
+    path = str(tmp_path / "openlineage.jsonl")
     transport = {"type": "file", "log_file_path": path, "append": True}
     monkeypatch.setenv("AIRFLOW__OPENLINEAGE__TRANSPORT", json.dumps(transport))
     monkeypatch.setenv("AIRFLOW__OPENLINEAGE__NAMESPACE", "abai-test")
@@ -48,6 +57,18 @@ def _openlineage_to(path: str, monkeypatch: pytest.MonkeyPatch) -> None:
             clear()
     listener = get_openlineage_listener()
     listener.adapter._client = None  # built again from the settings above
+    manager = get_listener_manager()
+    registered = manager.pm.is_registered(listener)
+    manager.add_listener(listener)
+    try:
+        yield path
+    finally:
+        if not registered:
+            manager.pm.unregister(listener)
+        for name in dir(conf):
+            clear = getattr(getattr(conf, name), "cache_clear", None)
+            if clear is not None:
+                clear()
 
 
 def _events(path: str) -> list[dict[str, Any]]:
@@ -65,13 +86,12 @@ def _table(dataset: dict[str, Any]) -> str | None:
 
 
 def test_tabular_example_publishes_a_queryable_partition_and_lineage_chains(
-    airflow_db: str, shared_cluster: Any, attached: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+    airflow_db: str, shared_cluster: Any, attached: Any, monkeypatch: pytest.MonkeyPatch, openlineage_events: str
 ) -> None:
     extra = {"mode": "remote", "state_dir": shared_cluster.config.state_dir}
     monkeypatch.setenv("AIRFLOW_CONN_RAY_ON_SPARK_DEFAULT", json.dumps({"conn_type": "ray_on_spark", "extra": extra}))
     monkeypatch.setenv("AIRFLOW_BIGDATA_AI_EXAMPLE_SCALE", "tiny")
-    events_path = str(tmp_path / "openlineage.jsonl")
-    _openlineage_to(events_path, monkeypatch)
+    events_path = openlineage_events
 
     run = _dag().test(logical_date=datetime(2026, 11, 20, tzinfo=UTC))
     assert run.state == "success"
