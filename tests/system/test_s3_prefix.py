@@ -10,7 +10,6 @@ and nothing anywhere else.
 from __future__ import annotations
 
 import glob
-import importlib.util
 import json
 import os
 import secrets
@@ -22,22 +21,17 @@ from typing import Any
 
 import pytest
 
+from tests.support.example_dags import load_example_dag
 from tests.support.s3server import s3_server
 
 pytestmark = [pytest.mark.system, pytest.mark.integration, pytest.mark.timeout(3600)]
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BUCKET, PREFIX = "abai-shared", "team-a/airflow-bigdata-ai"
 
 
 def _digits_dag() -> Any:
     """A fresh import of the example DAG file, so it reads the tiny scale set by the test."""
-    path = os.path.join(REPO, "dags_examples", "digits_e2e.py")
-    spec = importlib.util.spec_from_file_location("abai_s3_prefix_digits_e2e", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.digits_e2e()
+    return load_example_dag("digits_e2e.py", "digits_e2e", "abai_s3_prefix_digits_e2e")
 
 
 def _all_keys(client: Any) -> list[str]:

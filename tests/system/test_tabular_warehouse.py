@@ -8,7 +8,6 @@ events of the run chain from the source table to the predictions table.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 from collections.abc import Iterator
@@ -17,19 +16,25 @@ from typing import Any
 
 import pytest
 
+from tests.support.example_dags import load_example_dag
+
 pytestmark = [pytest.mark.system, pytest.mark.integration, pytest.mark.timeout(900)]
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DS = "2026-11-20"
 
 
 def _dag() -> Any:
-    path = os.path.join(REPO, "dags_examples", "tabular_warehouse.py")
-    spec = importlib.util.spec_from_file_location("abai_tabular_warehouse", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.tabular_warehouse()
+    return load_example_dag("tabular_warehouse.py", "tabular_warehouse", "abai_tabular_warehouse")
+
+
+def _clear_openlineage_settings() -> None:
+    """The provider caches each setting (functools.cache): clear them so the environment is read again."""
+    from airflow.providers.openlineage import conf
+
+    for name in dir(conf):
+        clear = getattr(getattr(conf, name), "cache_clear", None)
+        if clear is not None:
+            clear()
 
 
 @pytest.fixture
@@ -40,7 +45,6 @@ def openlineage_events(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> Iterat
     test of the session loaded them while OpenLineage had no transport, the listener was left out. It is
     registered here for this test and removed after it.
     """
-    from airflow.providers.openlineage import conf
     from airflow.providers.openlineage.plugins.listener import get_openlineage_listener
     from airflow.sdk.listener import get_listener_manager
 
@@ -51,10 +55,7 @@ def openlineage_events(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> Iterat
     monkeypatch.setenv("AIRFLOW__OPENLINEAGE__DISABLED", "False")
     # a thread, not a fork, emits: a forked child of a process holding gRPC channels (Spark Connect, Ray) may hang
     monkeypatch.setenv("AIRFLOW__OPENLINEAGE__EXECUTE_IN_THREAD", "True")
-    for name in dir(conf):
-        clear = getattr(getattr(conf, name), "cache_clear", None)
-        if clear is not None:
-            clear()
+    _clear_openlineage_settings()
     listener = get_openlineage_listener()
     listener.adapter._client = None  # built again from the settings above
     manager = get_listener_manager()
@@ -65,10 +66,7 @@ def openlineage_events(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> Iterat
     finally:
         if not registered:
             manager.pm.unregister(listener)
-        for name in dir(conf):
-            clear = getattr(getattr(conf, name), "cache_clear", None)
-            if clear is not None:
-                clear()
+        _clear_openlineage_settings()
 
 
 def _events(path: str) -> list[dict[str, Any]]:
