@@ -19,7 +19,6 @@ import inspect
 import json
 import logging
 import re
-import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -31,12 +30,12 @@ from airflow_bigdata_ai.models.loading import factory_call_kwargs
 from airflow_bigdata_ai.shards.dataset import load_manifest, output_uri
 from airflow_bigdata_ai.shards.paths import StoreURI
 from airflow_bigdata_ai.shards.refs import ModelRef, Producer, ShardSet
-from airflow_bigdata_ai.shards.store import is_temporary
 from airflow_bigdata_ai.shards.tensors import tensor_spec
 from airflow_bigdata_ai.train.config import EpochProgress, RunKey, TrainConfig
+from airflow_bigdata_ai.train.events import EventWatcher
 from airflow_bigdata_ai.train.ingest import cached_splits, datasets_for, ingest_config
 from airflow_bigdata_ai.train.loop import LoopSpec, train_loop
-from airflow_bigdata_ai.train.restarts import apply_timeouts, describe_timeouts, restart_cause
+from airflow_bigdata_ai.train.restarts import apply_timeouts, describe_timeouts
 from airflow_bigdata_ai.usercode import CodeBundle, UserCallable, UserCodeError, bundle_for
 
 if TYPE_CHECKING:
@@ -85,85 +84,6 @@ def _prepare_checkpoint_dir(store: ShardStore, run: RunKey, fingerprint: str) ->
     resumable = has_checkpoint(store, run)
     store.write_bytes(run_file, json.dumps({"fingerprint": fingerprint, "run": run.__dict__}).encode())
     return resumable
-
-
-class _EventWatcher:
-    """Tails the events rank 0 writes to the store and turns them into log lines and progress callbacks."""
-
-    def __init__(
-        self,
-        store: ShardStore,
-        events: StoreURI,
-        epochs: int,
-        progress: Callable[[EpochProgress], None] | None,
-        timeouts: str = "",
-    ) -> None:
-        self.store, self.events, self.epochs, self.progress = store, events, epochs, progress
-        self.timeouts = timeouts
-        self.created_ns = time.time_ns()  # just before fit(): older Ray Train runs of this driver are not ours
-        self.seen: set[str] = set()
-        self.starts: list[int] = []
-        self.last_epoch: dict[str, Any] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="train-progress", daemon=True)
-
-    def __enter__(self) -> _EventWatcher:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-        self.poll()
-
-    def _run(self) -> None:
-        while not self._stop.wait(1.0):
-            try:
-                self.poll()
-            except Exception:  # a flaky listing must not kill training; the final poll retries
-                log.debug("progress poll failed", exc_info=True)
-
-    def poll(self) -> None:
-        for uri in self.store.list(self.events):
-            if uri.name in self.seen or is_temporary(uri):
-                continue
-            self.seen.add(uri.name)
-            event = json.loads(self.store.read_bytes(uri))
-            if event["type"] == "start":
-                self.starts.append(int(event["start_epoch"]))
-                if len(self.starts) > 1:
-                    log.warning(
-                        "training restarted at epoch %d (worker-group restart %d in this attempt; Ray Train "
-                        "timeouts: %s); cause: %s",
-                        event["start_epoch"],
-                        len(self.starts) - 1,
-                        self.timeouts,
-                        restart_cause(len(self.starts) - 1, self.created_ns),
-                    )
-                elif event["start_epoch"] > 0:
-                    log.info("training resumed at epoch %d from the last checkpoint", event["start_epoch"])
-                else:
-                    log.info("training started with %d workers", event.get("world_size", 0))
-            elif event["type"] == "epoch":
-                self.last_epoch = event
-                line = EpochProgress(
-                    epoch=int(event["epoch"]),
-                    epochs=self.epochs,
-                    train_loss=float(event["train_loss"]),
-                    val_loss=float(event["val_loss"]),
-                    val_accuracy=float(event["val_accuracy"]),
-                    samples_per_s=float(event["samples_per_s"]),
-                    epoch_seconds=float(event["epoch_seconds"]),
-                    restarts=self.restarts,
-                    time_split=dict(event.get("time_split") or {}),
-                )
-                log.info("%s", line.line())
-                if self.progress is not None:
-                    self.progress(line)
-
-    @property
-    def restarts(self) -> int:
-        return max(len(self.starts) - 1, 0)
 
 
 def ship_callable(target: Any, what: str) -> UserCallable:
@@ -283,7 +203,7 @@ def train(
         splits = cached_splits(datasets, config.num_workers) if cache else None
         apply_timeouts(config)
         trainer = _trainer(spec, store, base, {} if splits else datasets, splits)
-        with _EventWatcher(store, events, config.epochs, progress, describe_timeouts(config)) as watcher:
+        with EventWatcher(store, events, config.epochs, progress, describe_timeouts(config)) as watcher:
             try:
                 result = trainer.fit()
             except Exception as exc:

@@ -33,6 +33,7 @@ from airflow_bigdata_ai.examples.sample_data import write_digits_shardset
 from airflow_bigdata_ai.preprocess import preprocess
 from airflow_bigdata_ai.shards import ShardSet, current_shardset, load_manifest, open_store, read_table
 from airflow_bigdata_ai.train import RunKey, checkpoint_uri
+from airflow_bigdata_ai.train.events import finished_epochs
 from tests.support.cluster_fixtures import assert_nothing_left, cluster_processes, service_record, subprocess_env
 
 pytestmark = pytest.mark.integration
@@ -207,7 +208,7 @@ def test_the_cluster_service_killed_during_running_tasks_fails_them_in_bounded_t
         deadline = time.monotonic() + 300
         events = checkpoint_uri(store, RunKey("faults_it", "train", "r1", "2026-01-01")).join("events")
         while time.monotonic() < deadline:  # both mid-job: an epoch done, images being transformed
-            epochs = [u for u in store.list(events) if b'"epoch"' in store.read_bytes(u)]
+            epochs = finished_epochs(store, events)
             if epochs and re.search(r"preprocess progress: [1-9]", (tmp_path / "prep-1.log").read_text()):
                 break
             assert all(t.poll() is None for t in tasks.values()), "a task ended before the kill"

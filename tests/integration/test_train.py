@@ -27,6 +27,7 @@ from airflow_bigdata_ai.examples.sample_data import write_digits_shardset
 from airflow_bigdata_ai.models.loading import load_model
 from airflow_bigdata_ai.shards import ModelRef, ShardSet, decode_tensors, open_store, read_table
 from airflow_bigdata_ai.train import RunKey, TrainConfig, checkpoint_uri, has_checkpoint, train
+from airflow_bigdata_ai.train.events import finished_epochs
 from airflow_bigdata_ai.train.loop import split_batch
 from tests.integration.conftest import subprocess_env
 
@@ -284,11 +285,7 @@ def test_killed_task_process_resumes_from_checkpoint(shared_cluster: Any, attach
         done_epochs: list[int] = []
         while time.monotonic() < deadline and proc.poll() is None:
             store = digits.store
-            done_epochs = [
-                json.loads(store.read_bytes(u))["epoch"]
-                for u in store.list(events)
-                if json.loads(store.read_bytes(u))["type"] == "epoch"
-            ]
+            done_epochs = finished_epochs(store, events)
             if done_epochs and max(done_epochs) >= 1:
                 break
             time.sleep(0.5)
@@ -385,7 +382,7 @@ def test_operator_on_kill_leaves_no_ray_actor(
     try:
         deadline = time.monotonic() + 400
         while time.monotonic() < deadline and proc.poll() is None:
-            if any(json.loads(digits.store.read_bytes(u))["type"] == "epoch" for u in digits.store.list(events)):
+            if finished_epochs(digits.store, events):
                 break
             time.sleep(0.5)
         assert proc.poll() is None, "the operator ended before it could be killed"

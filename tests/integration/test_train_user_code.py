@@ -30,6 +30,7 @@ import pytest
 
 from airflow_bigdata_ai.shards import ModelRef, ShardSet, open_store
 from airflow_bigdata_ai.shards.paths import safe_segment
+from airflow_bigdata_ai.train.events import finished_epochs
 from tests.support.airflow_services import AirflowServices
 from tests.support.cluster_fixtures import SharedCluster
 
@@ -281,7 +282,7 @@ def test_a_task_process_killed_mid_training_is_retried_and_returns_its_model_ref
     events = checkpoint_uri(store, RunKey(RESUME_DAG_ID, "train", run_id)).join("events")
     deadline, epochs = time.monotonic() + 300, []
     while not epochs and time.monotonic() < deadline:
-        epochs = [u for u in store.list(events) if json.loads(store.read_bytes(u))["type"] == "epoch"]
+        epochs = finished_epochs(store, events)
         time.sleep(0.5)
     assert epochs, "no epoch finished in time"
     # Ray Train's controller registers a reported checkpoint a moment after the worker wrote it (it polls the

@@ -210,7 +210,7 @@ def test_progress_watcher_reports_each_epoch_once_even_while_its_file_is_being_w
     import json
     import time
 
-    from airflow_bigdata_ai.train.core import _EventWatcher
+    from airflow_bigdata_ai.train.events import EventWatcher
 
     store = open_store(str(tmp_path))
     events = store.resolve(f"{tmp_path}/events")
@@ -220,11 +220,26 @@ def test_progress_watcher_reports_each_epoch_once_even_while_its_file_is_being_w
     with open(os.path.join(events.path, ".tmp-abc123"), "w") as handle:  # written, not yet renamed
         json.dump(body, handle)
     seen: list[Any] = []
-    watcher = _EventWatcher(store, events, 2, seen.append)
+    watcher = EventWatcher(store, events, 2, seen.append)
     watcher.poll()
     os.rename(os.path.join(events.path, ".tmp-abc123"), os.path.join(events.path, "0001-abcdef.json"))
     watcher.poll()
     assert [line.epoch for line in seen] == [0]
+
+
+def test_finished_epochs_skips_an_event_still_being_written(tmp_path: Any) -> None:
+    """Tests and tools poll the events during training: an empty ``.tmp-*`` object made CI fail with JSONDecodeError."""
+    import json
+
+    from airflow_bigdata_ai.train.events import finished_epochs, read_events
+
+    store = open_store(str(tmp_path))
+    events = store.resolve(f"{tmp_path}/events")
+    store.write_bytes(events.join("0001-aaaaaa.json"), json.dumps({"type": "start", "start_epoch": 0}).encode())
+    store.write_bytes(events.join("0002-bbbbbb.json"), json.dumps({"type": "epoch", "epoch": 0}).encode())
+    open(os.path.join(events.path, ".tmp-0003"), "wb").close()  # the writer created its temp file, no bytes yet
+    assert finished_epochs(store, events) == [0]
+    assert [uri.name for uri, _ in read_events(store, events, skip={"0001-aaaaaa.json"})] == ["0002-bbbbbb.json"]
 
 
 def test_ray_train_timeouts_are_settings_handed_to_ray_and_not_part_of_the_fingerprint(
