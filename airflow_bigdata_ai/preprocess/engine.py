@@ -25,11 +25,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from airflow_bigdata_ai.preprocess.errors import SourceError, SourceLayoutError
 from airflow_bigdata_ai.preprocess.process import SUMMARY_DDL, SUMMARY_SCHEMA, ShardJob
 from airflow_bigdata_ai.preprocess.sources import units_by_shard
+from airflow_bigdata_ai.shards.arrow_io import parquet_table
 from airflow_bigdata_ai.shards.dataset import ATTEMPTS, encode_parquet
 from airflow_bigdata_ai.shards.paths import StoreURI
 from airflow_bigdata_ai.shards.store import is_temporary
@@ -174,7 +174,7 @@ def _process_partition(
 
     def units_of(shard: int) -> list[dict[str, Any]]:
         data = job.writer.store.read_bytes(staged_units_uri(job, shard))
-        return pq.read_table(pa.BufferReader(data)).to_pylist()  # type: ignore[no-any-return]
+        return parquet_table(data).to_pylist()  # type: ignore[no-any-return]
 
     def process_fn(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:

@@ -17,6 +17,7 @@ import pyarrow as pa
 
 from airflow_bigdata_ai.preprocess.errors import SourceError, SourceLayoutError
 from airflow_bigdata_ai.preprocess.images import IMAGE_EXTENSIONS
+from airflow_bigdata_ai.shards.arrow_io import arrow_buffer, parquet_table
 from airflow_bigdata_ai.shards.paths import StoreURI, parse_uri
 from airflow_bigdata_ai.shards.store import ShardStore
 
@@ -244,12 +245,10 @@ def read_tabular(spec: SourceSpec, store: ShardStore, uri: str) -> pa.Table:
     """One Parquet or CSV file as a table (errors raise: a whole unreadable file is not one bad record)."""
     data = store.read_bytes(uri)
     if spec.format == "parquet":
-        import pyarrow.parquet as pq
-
-        return pq.read_table(pa.BufferReader(data), columns=list(spec.columns) if spec.columns else None)
+        return parquet_table(data, spec.columns)
     import pyarrow.csv as pacsv
 
-    table = pacsv.read_csv(pa.BufferReader(data), **spec.options)
+    table = pacsv.read_csv(pa.BufferReader(arrow_buffer(data)), **spec.options)
     return table.select(list(spec.columns)) if spec.columns else table
 
 

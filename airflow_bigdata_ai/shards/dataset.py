@@ -34,6 +34,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from airflow_bigdata_ai.shards.arrow_io import parquet_table
 from airflow_bigdata_ai.shards.commits import (
     ATTEMPTS,
     POINTER,
@@ -465,7 +466,7 @@ def read_shard(store: ShardStore, dataset_uri: str, shard: ShardInfo, *, verify:
     data = store.read_bytes(uri)
     if verify and sha256_hex(data) != shard.sha256:
         raise ChecksumMismatch(f"shard {uri} has sha256 {sha256_hex(data)}, the manifest expects {shard.sha256}")
-    return pq.read_table(pa.BufferReader(data))
+    return parquet_table(data)
 
 
 def iter_tables(store: ShardStore, shardset: ShardSet, *, verify: bool = True) -> Iterator[pa.Table]:

@@ -270,3 +270,25 @@ def test_encoding_buffers_stay_near_one_page_however_large_the_row_group():
     peak, size = (int(v) for v in out.stdout.split())
     assert size > 29_000_000
     assert peak < 4 * PAGE_BYTES, f"encoder peak {peak} bytes"
+
+
+def test_reading_a_shard_leaves_no_arrow_reference_to_the_python_bytes(store, tmp_path):
+    """Arrow's pool threads released the last reference late, at exit that aborted the process (exit -6)."""
+    import sys
+
+    import pyarrow.parquet as pq
+
+    from airflow_bigdata_ai.shards.arrow_io import parquet_table
+
+    table = shard_table(0, 200)
+    pq.write_table(table, tmp_path / "one.parquet")
+    blob = (tmp_path / "one.parquet").read_bytes()
+    late = 0
+    for _ in range(200):
+        data = bytes(bytearray(blob))  # a fresh object: its refcount is ours alone
+        before = sys.getrefcount(data)
+        read = parquet_table(data)
+        late += sys.getrefcount(data) != before
+        assert read.equals(table)
+        del read
+    assert late == 0, f"{late} of 200 reads left the bytes referenced from Arrow after they returned"
