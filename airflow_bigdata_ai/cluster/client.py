@@ -31,6 +31,7 @@ from airflow_bigdata_ai.cluster.config import (
 )
 from airflow_bigdata_ai.cluster.guard import ClusterLost, bound_spark_connect_retries, guard_stage
 from airflow_bigdata_ai.cluster.ray_driver import reload_ray_auth_config, route_ray_logging
+from airflow_bigdata_ai.cluster.ray_loopback import pin_if_loopback
 from airflow_bigdata_ai.cluster.service import port_open
 
 if TYPE_CHECKING:
@@ -310,6 +311,7 @@ class AttachedCluster:
             # handler is what calls on_kill), when we are in the main thread and there was one.
             in_main = threading.current_thread() is threading.main_thread()
             previous = signal.getsignal(signal.SIGTERM) if in_main else None
+            pin_if_loopback(self.endpoint.ray_address)
             ray.init(address=self.endpoint.ray_address, ignore_reinit_error=True, log_to_driver=False)
             if callable(previous):
                 signal.signal(signal.SIGTERM, previous)

@@ -36,6 +36,7 @@ from airflow_bigdata_ai.cluster.config import (
     remove_scratch,
     write_json_atomic,
 )
+from airflow_bigdata_ai.cluster.ray_loopback import install_ray_shim
 
 log = logging.getLogger("airflow_bigdata_ai.cluster.service")
 
@@ -212,6 +213,8 @@ def serve(state_dir: str, cluster_id: str) -> int:
         master, default_max_workers = config.master, 0
     loopback = _is_loopback_master(master)
     _setup_env(token, loopback)
+    if loopback:  # before the Spark conf copies PATH to the executors, which start Ray's worker nodes
+        install_ray_shim(os.path.join(paths.root, "bin"), LOOPBACK)
     ray_temp_root = prepare_scratch(paths)
     embedded_workers = master.startswith("local-cluster")
     if embedded_workers:
@@ -271,9 +274,13 @@ def serve(state_dir: str, cluster_id: str) -> int:
     from ray.util.spark import setup_ray_cluster, shutdown_ray_cluster
 
     from airflow_bigdata_ai.cluster.admission import admission_queue
+    from airflow_bigdata_ai.cluster.ray_loopback import dashboard_on, pin_node_ip
     from airflow_bigdata_ai.cluster.ray_startup import poll_for_the_head_instead_of_sleeping
 
     poll_for_the_head_instead_of_sleeping()
+    if loopback:  # the head's servers listen on loopback: this driver and the dashboard too
+        pin_node_ip(LOOPBACK)
+        dashboard_on(LOOPBACK)
 
     max_workers = config.ray_max_worker_nodes
     if max_workers is None:

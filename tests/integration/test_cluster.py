@@ -187,6 +187,8 @@ def test_token_is_private_and_never_logged(shared_cluster):
 RAY_NO_TOKEN = textwrap.dedent(
     """
     import sys, ray
+    from airflow_bigdata_ai.cluster.ray_loopback import pin_if_loopback
+    pin_if_loopback(sys.argv[1])  # reach the GCS on loopback, where it listens: the token is what is tested
     try:
         ray.init(address=sys.argv[1], log_to_driver=False)
         ray.get(ray.remote(lambda: 1).remote(), timeout=20)
