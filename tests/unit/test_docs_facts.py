@@ -70,10 +70,12 @@ def test_output_locations_are_documented():
         assert "run=<run id>" in page
 
 
-def test_security_page_says_ray_listens_beyond_loopback():
+def test_security_page_says_what_listens_where_as_the_loopback_test_checks_it():
     security = _flat(_read("docs", "security.rst"))
-    assert not re.search(r"GCS[^.]*bind[^.]*127\.0\.0\.1", security)
-    assert "GCS, the raylets" in security and "all interfaces" in security
+    assert "all interfaces" not in security and "0.0.0.0;" not in security
+    assert "on 127.0.0.1 only" in security and "the GCS, the raylets" in security
+    assert "tests/integration/test_cluster_loopback.py" in security
+    assert os.path.exists(os.path.join(REPO, "tests", "integration", "test_cluster_loopback.py"))
     assert "RAY_AUTH_MODE=token" in security
 
 
