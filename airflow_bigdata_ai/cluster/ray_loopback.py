@@ -45,7 +45,10 @@ def pin_node_ip(ip: str) -> None:
     import ray._private.services as services
     import ray.util
 
-    resolve, get_ip = services.resolve_ip_for_localhost, services.get_node_ip_address
+    # Ray's own functions, kept from the first pin: pinning again (the service's driver, then a client in the
+    # same process) must not wrap a wrapper
+    resolve = getattr(services.resolve_ip_for_localhost, "ray_original", services.resolve_ip_for_localhost)
+    get_ip = getattr(services.get_node_ip_address, "ray_original", services.get_node_ip_address)
 
     def resolve_ip_for_localhost(host: str) -> str:
         return ip if _is_local_alias(host) else resolve(host)
@@ -55,6 +58,8 @@ def pin_node_ip(ip: str) -> None:
 
         return ip if ray._private.worker._global_node is None else get_ip(address)
 
+    resolve_ip_for_localhost.ray_original = resolve  # type: ignore[attr-defined]
+    get_node_ip_address.ray_original = get_ip  # type: ignore[attr-defined]
     services.resolve_ip_for_localhost = resolve_ip_for_localhost
     services.get_node_ip_address = get_node_ip_address
     ray.util.get_node_ip_address = get_node_ip_address

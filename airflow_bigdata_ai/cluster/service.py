@@ -36,7 +36,7 @@ from airflow_bigdata_ai.cluster.config import (
     remove_scratch,
     write_json_atomic,
 )
-from airflow_bigdata_ai.cluster.ray_loopback import install_ray_shim
+from airflow_bigdata_ai.cluster.ray_loopback import dashboard_on, install_ray_shim, pin_node_ip
 
 log = logging.getLogger("airflow_bigdata_ai.cluster.service")
 
@@ -274,7 +274,6 @@ def serve(state_dir: str, cluster_id: str) -> int:
     from ray.util.spark import setup_ray_cluster, shutdown_ray_cluster
 
     from airflow_bigdata_ai.cluster.admission import admission_queue
-    from airflow_bigdata_ai.cluster.ray_loopback import dashboard_on, pin_node_ip
     from airflow_bigdata_ai.cluster.ray_startup import poll_for_the_head_instead_of_sleeping
 
     poll_for_the_head_instead_of_sleeping()

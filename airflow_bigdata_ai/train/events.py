@@ -10,6 +10,7 @@ import json
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +23,13 @@ if TYPE_CHECKING:
     from airflow_bigdata_ai.shards.store import ShardStore
 
 log = logging.getLogger(__name__)
+
+
+def write_event(store: ShardStore, events: str | StoreURI, kind: str, **payload: Any) -> None:
+    """One event from rank 0: a small JSON object whose name sorts by time."""
+    body = json.dumps({"type": kind, "time": time.time(), **payload}).encode()
+    name = f"{time.time_ns():020d}-{uuid.uuid4().hex[:6]}.json"
+    store.write_bytes(store.resolve(events).join(name), body)
 
 
 def read_events(

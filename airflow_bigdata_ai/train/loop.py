@@ -15,7 +15,6 @@ import json
 import os
 import tempfile
 import time
-import uuid
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ import pyarrow as pa
 from airflow_bigdata_ai.models.loading import build_model
 from airflow_bigdata_ai.shards.tensors import decode_tensors, model_input
 from airflow_bigdata_ai.train.config import TrainConfig
+from airflow_bigdata_ai.train.events import write_event
 
 if TYPE_CHECKING:
     import torch
@@ -159,13 +159,6 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return getattr(model, "module", model)
 
 
-def write_event(spec: LoopSpec, kind: str, **payload: Any) -> None:
-    """Progress for the driver: one small JSON object per event, names sort by time."""
-    body = json.dumps({"type": kind, "time": time.time(), **payload}).encode()
-    name = f"{time.time_ns():020d}-{uuid.uuid4().hex[:6]}.json"
-    spec.store.write_bytes(spec.store.resolve(spec.events_uri).join(name), body)
-
-
 def _all_reduce(values: list[float]) -> list[float]:
     import torch
     import torch.distributed as dist
@@ -256,7 +249,14 @@ def train_loop(loop_config: dict[str, Any]) -> None:
             start_epoch = int(state["epoch"]) + 1
             history = json.loads(state.get("history", "[]"))
     if rank == 0:
-        write_event(spec, "start", start_epoch=start_epoch, world_size=world, resumed=checkpoint is not None)
+        write_event(
+            spec.store,
+            spec.events_uri,
+            "start",
+            start_epoch=start_epoch,
+            world_size=world,
+            resumed=checkpoint is not None,
+        )
 
     train_iterator = dataset_split(loop_config, "train", rank)
     val_data = dataset_split(loop_config, "val", rank) if spec.has_val else None
@@ -327,7 +327,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         else:
             ray.train.report(metrics)
         if rank == 0:
-            write_event(spec, "epoch", **metrics)
+            write_event(spec.store, spec.events_uri, "epoch", **metrics)
 
 
 def _write_weights(spec: LoopSpec, model: torch.nn.Module) -> dict[str, Any]:

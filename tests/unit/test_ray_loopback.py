@@ -42,3 +42,17 @@ def test_drivers_pin_only_for_a_loopback_gcs() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["True", "127.0.0.1", "127.0.0.1", "10.1.2.3"]
+
+
+def test_pinning_twice_wraps_rays_own_function_once() -> None:
+    """The service pins its driver, and a client in the same process pins again."""
+    code = (
+        "import ray._private.services as s\n"
+        "from airflow_bigdata_ai.cluster.ray_loopback import pin_node_ip\n"
+        "original = s.resolve_ip_for_localhost\n"
+        "pin_node_ip('127.0.0.1'); pin_node_ip('127.0.0.1')\n"
+        "print(s.resolve_ip_for_localhost.ray_original is original, s.resolve_ip_for_localhost('localhost'))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["True", "127.0.0.1"]
