@@ -37,6 +37,12 @@ RAY_ON_SPARK_CONN_FIELDS: dict[str, dict[str, Any]] = {
         "schema": {"type": ["string", "null"]},
         "description": "Where the cluster service publishes its endpoint record and token",
     },
+    "jobs_url": {
+        "label": "Jobs API URL of the cluster service",
+        "schema": {"type": ["string", "null"]},
+        "description": "http(s)://host:port that `airflow-bigdata-ai cluster status --connection` prints: the "
+        "drivers run on the cluster and this worker needs nothing but this connection",
+    },
     "store_root": {
         "label": "Shard store root",
         "schema": {"type": ["string", "null"]},
@@ -81,6 +87,7 @@ RAY_ON_SPARK_UI_BEHAVIOUR: dict[str, Any] = {
         "host": "embedded | spark://host:7077 | yarn | k8s://https://...",
         "password": "leave empty to generate one per cluster",
         "state_dir": "~/.cache/airflow-bigdata-ai/clusters/default",
+        "jobs_url": "http://edge-node:8265 (empty: the task is the driver)",
         "store_root": "file:///data/airflow-bigdata-ai or s3://bucket/prefix",
     },
 }
@@ -103,6 +110,7 @@ class ConnectionSettings:
     spark_conf: dict[str, str] = field(default_factory=dict)
     reference_secret: str | None = field(default=None, repr=False)
     unsigned_references: str | None = None
+    jobs_url: str = ""
 
     @classmethod
     def from_parts(
@@ -139,6 +147,7 @@ class ConnectionSettings:
             spark_conf={str(k): str(v) for k, v in spark_conf.items()},
             reference_secret=extras.get("reference_secret") or None,
             unsigned_references=unsigned,
+            jobs_url=str(extras.get("jobs_url") or "").strip(),
         )
 
     def reference_policy(self) -> ReferencePolicy:

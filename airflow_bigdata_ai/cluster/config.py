@@ -83,6 +83,12 @@ class ClusterConfig:
     # even with every Ray node up, so a warm node costs memory, not Spark capacity; scaling back up cost each
     # training or inference task 10-25 s (Ray on Spark starts one node per 10 s).
     ray_autoscale_idle_timeout_minutes: float = 3.0
+    # Where Airflow workers on other hosts reach the cluster: the Jobs API (Ray's dashboard) listens on
+    # ``bind_address``; every other server stays on loopback (drivers run on the cluster). Fixed ports (0 = a
+    # free one) keep a connection valid across restarts of the service.
+    bind_address: str = "127.0.0.1"
+    jobs_port: int = 0
+    spark_connect_port: int = 0
 
     def __post_init__(self) -> None:
         if self.mode not in ("embedded", "remote"):
@@ -123,6 +129,7 @@ class ClusterEndpoint:
     cluster_id: str
     pid_create_time: float = 0.0
     spark_connect_port: int = 0
+    jobs_url: str = ""  # Ray's Jobs API (the dashboard) on the bind address: what other hosts connect to
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

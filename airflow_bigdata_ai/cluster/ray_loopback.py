@@ -102,5 +102,8 @@ def install_ray_shim(bin_dir: str, ip: str) -> str:
 def dashboard_on(ip: str) -> None:
     """Ray on Spark's dashboard (and anything else it binds to "all interfaces") on ``ip``."""
     import ray.util.spark.cluster_init as cluster_init
+    from ray.util.spark.utils import _wait_service_up
 
     cluster_init.get_all_interfaces_ip = lambda: ip
+    # Ray on Spark waits (60 s at most) for the dashboard on the head's address: look where it listens
+    cluster_init._wait_service_up = lambda _host, port, timeout: _wait_service_up(ip, port, timeout)

@@ -37,6 +37,7 @@ from airflow_bigdata_ai.cluster.config import (
     write_json_atomic,
 )
 from airflow_bigdata_ai.cluster.ray_loopback import dashboard_on, install_ray_shim, pin_node_ip
+from airflow_bigdata_ai.jobs.entry import ENV_CLUSTER_STATE_DIR
 
 log = logging.getLogger("airflow_bigdata_ai.cluster.service")
 
@@ -145,6 +146,9 @@ def _setup_env(token: str, loopback: bool) -> None:
     os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
     if loopback:
         os.environ["SPARK_LOCAL_IP"] = LOOPBACK
+        # the head node's processes (dashboard agent, job supervisor, job drivers) resolve "this node" to
+        # 127.0.0.1 instead of eth0 before they connect; the worker nodes are started with it forced to 1
+        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     os.environ["RAY_AUTH_MODE"] = "token"
     os.environ["RAY_AUTH_TOKEN"] = token
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -227,7 +231,7 @@ def serve(state_dir: str, cluster_id: str) -> int:
     from pyspark import SparkConf, SparkContext
     from pyspark.sql import SparkSession
 
-    connect_port = free_port()
+    connect_port = config.spark_connect_port or free_port()
     public_conf: dict[str, str] = {
         "spark.app.name": APP_NAME,
         "spark.master": master,
@@ -277,9 +281,13 @@ def serve(state_dir: str, cluster_id: str) -> int:
     from airflow_bigdata_ai.cluster.ray_startup import poll_for_the_head_instead_of_sleeping
 
     poll_for_the_head_instead_of_sleeping()
-    if loopback:  # the head's servers listen on loopback: this driver and the dashboard too
+    # the Jobs API (the dashboard) on the bind address; the head's other servers on loopback (this driver too)
+    bind = config.bind_address or LOOPBACK
+    if loopback:
         pin_node_ip(LOOPBACK)
-        dashboard_on(LOOPBACK)
+        dashboard_on(bind)
+    os.environ[ENV_CLUSTER_STATE_DIR] = paths.root  # driver jobs attach through it (jobs.entry)
+    head_options: dict[str, Any] = {"dashboard_port": config.jobs_port} if config.jobs_port else {}
 
     max_workers = config.ray_max_worker_nodes
     if max_workers is None:
@@ -298,6 +306,7 @@ def serve(state_dir: str, cluster_id: str) -> int:
         num_gpus_head_node=0,
         autoscale_idle_timeout_minutes=config.ray_autoscale_idle_timeout_minutes,
         ray_temp_root_dir=ray_temp_root,
+        head_node_options=head_options or None,
     )
     import ray.util.spark.cluster_init as cluster_init
 
@@ -341,6 +350,7 @@ def serve(state_dir: str, cluster_id: str) -> int:
         cluster_id=cluster_id,
         pid_create_time=me.create_time(),
         spark_connect_port=connect_port,
+        jobs_url=f"http://{bind}:{dashboard_port}" if dashboard_port else "",
     )
     try:
         recorder.record()

@@ -135,21 +135,11 @@ class RayOnSparkHook(BaseHook):
         )
 
     def store_for(self, uri: str | None = None) -> ShardStore:
-        """A store for ``uri``, confined so that nothing it writes can leave ``store_root``.
+        """A store for ``uri``, confined below ``store_root`` (see ``shards.store.confined_store``)."""
+        from airflow_bigdata_ai.shards.store import confined_store
 
-        A target at or under the store root gets a store rooted at the store root (outputs, checkpoints and
-        caches of every task land below the configured prefix, never at the bucket's top). A target
-        elsewhere (a source folder, another deployment's ShardSet or weights in the same bucket) gets a
-        store rooted at that reference's own prefix (:func:`~airflow_bigdata_ai.shards.paths.own_root`),
-        never at its bucket: a reference cannot open up the rest of a bucket.
-        """
-        from airflow_bigdata_ai.shards import open_store
-        from airflow_bigdata_ai.shards.paths import is_within, own_root, parse_uri
-
-        root = parse_uri(self.store_root)
-        target = parse_uri(uri) if uri else root
-        confined = root if is_within(target, root) else own_root(target)
-        return open_store(str(confined), self.s3_options() if confined.scheme == "s3" else None)
+        s3 = self.s3_options() if self.store_root.startswith("s3://") or (uri or "").startswith("s3://") else None
+        return confined_store(self.store_root, uri, s3)
 
     # -- reference signing --------------------------------------------------------------------------
     def reference_policy(self) -> ReferencePolicy:

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from airflow_bigdata_ai.cluster import AttachedCluster
     from airflow_bigdata_ai.connection import ReferencePolicy
     from airflow_bigdata_ai.hooks.ray_on_spark import RayOnSparkHook
+    from airflow_bigdata_ai.jobs import ClusterJobRunner, StageRequest
     from airflow_bigdata_ai.shards import ModelRef, Producer, ShardSet, ShardStore
 
 
@@ -35,11 +36,18 @@ class SharedClusterOperator(BaseOperator):
     operator_extra_links: tuple[BaseOperatorLink, ...] = (SparkUILink(), RayDashboardLink())
 
     def __init__(
-        self, *, ray_on_spark_conn_id: str = DEFAULT_CONN_ID, output_root: str | None = None, **kwargs: Any
+        self,
+        *,
+        ray_on_spark_conn_id: str = DEFAULT_CONN_ID,
+        output_root: str | None = None,
+        deferrable: bool = False,
+        **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.ray_on_spark_conn_id = ray_on_spark_conn_id
         self.output_root = output_root
+        self.deferrable = deferrable  # only with a cluster service (a connection with jobs_url)
+        self._submission: str | None = None  # the driver job this attempt runs on the cluster service
         self._spark: Any = None  # the Spark Connect session while execute runs (for on_kill)
         self._tag: str | None = None  # this attempt's Spark job tag
         self._lineage: dict[str, list[dict[str, Any]]] = {"inputs": [], "outputs": []}  # for OpenLineage
@@ -65,6 +73,90 @@ class SharedClusterOperator(BaseOperator):
         )
         push_cluster_links(context, endpoint.spark_ui_url, endpoint.ray_dashboard_url)
         return attached
+
+    # -- the stage's driver: here (embedded) or as a job of the cluster service (remote) -------------------------
+    @property
+    def remote(self) -> bool:
+        """True when the connection names a cluster service: the driver runs there, this task only waits."""
+        return bool(self.hook.settings.jobs_url)
+
+    def stage_request(self, context: Context, stage: str, params: dict[str, Any]) -> StageRequest:
+        """``params`` as a request of this task attempt (its submission id is derived from the attempt)."""
+        from airflow_bigdata_ai.jobs import StageRequest, StoreSpec, submission_id, submission_prefix
+
+        ti = context["ti"]
+        map_index = getattr(ti, "map_index", -1)
+        prefix = submission_prefix(ti.dag_id, ti.task_id, ti.run_id, None if map_index in (-1, None) else map_index)
+        root = self.hook.store_root
+        options = self.hook.s3_options() if root.startswith("s3://") else None
+        return StageRequest(
+            stage=stage,
+            submission_id=submission_id(prefix, getattr(ti, "try_number", None)),
+            store=StoreSpec.of(root, options),
+            params=params,
+            task_key=prefix,
+        )
+
+    def cluster_runner(self) -> ClusterJobRunner:
+        from airflow_bigdata_ai.jobs import ClusterJobRunner, JobsClient
+
+        settings = self.hook.settings
+        return ClusterJobRunner(JobsClient(settings.jobs_url, settings.auth_token), self.hook.store_for())
+
+    def run_driver(self, context: Context, request: StageRequest) -> dict[str, Any]:
+        """Run the stage's driver and return its reference (a dict); a deferrable task defers instead.
+
+        Embedded: in this process (:class:`~airflow_bigdata_ai.jobs.InProcessRunner`). Remote: as a job of the
+        cluster service, whose log lines come into this task's log; a retry reconnects to a job still running.
+        A driver error a retry cannot fix fails the task without retries.
+        """
+        from airflow_bigdata_ai.jobs import ClusterAuthError, InProcessRunner, StageFailed
+
+        try:
+            if not self.remote:
+                return InProcessRunner(self.hook.cluster_config(), self.log.info).run(request)
+            runner = self.cluster_runner()
+            self._submission = runner.submit(request)
+            push_cluster_links(context, "", self.hook.settings.jobs_url)
+            self.log.info("Driver job %s submitted to %s", self._submission, self.hook.settings.jobs_url)
+            if self.deferrable:
+                from airflow_bigdata_ai.triggers.cluster_job import ClusterJobTrigger
+
+                trigger = ClusterJobTrigger(conn_id=self.ray_on_spark_conn_id, submission_id=self._submission)
+                self.defer(trigger=trigger, method_name="execute_complete")
+            runner.wait(self._submission, lambda line: self.log.info("%s", line))
+            return runner.result(request, self._submission)
+        except StageFailed as exc:
+            if exc.retryable:
+                raise
+            raise AirflowFailException(str(exc)) from exc
+        except ClusterAuthError as exc:
+            raise AirflowFailException(str(exc)) from exc
+
+    def execute_complete(self, context: Context, event: dict[str, Any]) -> Any:
+        """Back from the trigger: read what the driver recorded and finish like ``execute`` does."""
+        from airflow_bigdata_ai.jobs import StageFailed
+        from airflow_bigdata_ai.jobs.request import job_file
+
+        self._submission = submission = event["submission_id"]
+        self.log.info("Driver job %s ended %s %s", submission, event["status"], event.get("message", ""))
+        try:
+            result = self.cluster_runner().result(job_file(self.hook.store_root, submission, "result.json"), submission)
+        except StageFailed as exc:
+            if exc.retryable:
+                raise
+            raise AirflowFailException(str(exc)) from exc
+        return self.finish(context, result)
+
+    def finish(self, context: Context, result: dict[str, Any]) -> Any:
+        """Turn the driver's reference into this task's return value (each operator logs and publishes)."""
+        raise NotImplementedError
+
+    def stop_driver_job(self) -> None:
+        """on_kill in remote mode: stop this attempt's driver job on the cluster."""
+        if self._submission and self.remote:
+            stopped = self.cluster_runner().cancel(self._submission)
+            self.log.info("Stopped the driver job %s: %s", self._submission, stopped)
 
     def job_tag(self, context: Context) -> str:
         """Unique per task attempt; Spark tags may not contain commas, so keep a safe alphabet."""

@@ -20,8 +20,10 @@ from airflow_bigdata_ai.operators.base import SharedClusterOperator
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
+    from airflow_bigdata_ai.jobs import StageRequest
     from airflow_bigdata_ai.shards import ModelRef, ShardStore
     from airflow_bigdata_ai.train import RunKey, TrainConfig
+    from airflow_bigdata_ai.usercode import UserCallable
 
 STATUS_SUCCEEDED = "SUCCEEDED"
 STATUS_RESUMABLE = "RESUMABLE"
@@ -116,6 +118,7 @@ class RayTrainOperator(ResumableJobMixin, SharedClusterOperator):
         self._ref: ModelRef | None = None
         self._running = False
         self._code: dict[str, str] | None = None  # the user code this attempt ships: {module: sha256[:16]}
+        self._shipped: dict[str, UserCallable] = {}  # model_factory / train_step, built once per attempt
         self.track_reference_sources("train_data", "validation_data")
 
     # -- helpers ------------------------------------------------------------------------------------------
@@ -158,14 +161,16 @@ class RayTrainOperator(ResumableJobMixin, SharedClusterOperator):
         # checked here, before the cluster is attached (or started); the references in execute_resumable.
         try:
             config = self.train_config()
-            factory = ship_model_factory(self._factory())
+            # a thin worker (remote) finds the user's modules without running them: they import torch
+            factory = self._shipped["model_factory"] = ship_model_factory(self._factory(), not self.remote)
             code = factory.bundle
             if config.train_step is not None:
-                code = code.merged(ship_callable(config.train_step, "train_step").bundle)
+                step = self._shipped["train_step"] = ship_callable(config.train_step, "train_step", not self.remote)
+                code = code.merged(step.bundle)
             self._code = code.describe()  # a recorded result of other code is never reused
             if self.model_factory_callable is None:
                 self.model_factory = factory.name
-            result = self.execute_resumable(context)
+            result = self.execute_remote(context) if self.remote else self.execute_resumable(context)
         except (UserCodeError, InvalidReference, ValueError) as exc:
             raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
         if not self.keep_checkpoints:
@@ -219,38 +224,58 @@ class RayTrainOperator(ResumableJobMixin, SharedClusterOperator):
 
         Returns the result too: ``execute_resumable`` returns what this returns when it reconnects on a retry.
         """
-        from airflow_bigdata_ai.train import train
+        from airflow_bigdata_ai.shards import ModelRef
 
-        store, run, config = self._store(), self.run_key(context), self.train_config()
-        attached = self.attach_cluster(context)
+        self.attach_cluster(context)  # starts the embedded cluster if needed; the task view's links
         try:
-            attached.ray()
             self._running = True
-            with attached.guard("training"):
-                self._ref = train(  # logs each epoch itself (once)
-                    self.train_data,
-                    store,
-                    self._factory(),
-                    config=config,
-                    run=run,
-                    factory_kwargs=self.factory_kwargs,
-                    validation_data=self.validation_data,
-                    output_root=self.output_root,
-                )
+            self._ref = ModelRef.coerce(self.run_driver(context, self.train_request(context)))
         finally:
             self._running = False
-            attached.close()
-        metrics = self._ref.metrics
-        self.log.info(
-            "Trained %s: val_accuracy=%.4f, %d epochs, %d worker restart(s), resumed from epoch %d -> %s",
-            self.model_factory,
-            metrics["val_accuracy"],
-            metrics["epochs"],
-            metrics["restarts"],
-            metrics["resumed_from_epoch"],
-            self._ref.weights_uri,
-        )
         return self._ref.to_dict()
+
+    # -- the driver's request; remote mode ------------------------------------------------------------------
+    def train_request(self, context: Context) -> StageRequest:
+        """Everything :func:`~airflow_bigdata_ai.jobs.drivers.run_train` needs, as JSON (user code by value)."""
+        from dataclasses import asdict
+
+        from airflow_bigdata_ai.jobs.request import encode_callable
+        from airflow_bigdata_ai.train.core import ship_callable, ship_model_factory
+
+        settings = {**self.training, **self.settings}
+        self.train_config()  # validates
+        if settings.get("train_step") is not None:
+            step = self._shipped.get("train_step") or ship_callable(settings["train_step"], "train_step")
+            settings["train_step"] = encode_callable(step)
+        factory = self._shipped.get("model_factory") or ship_model_factory(self._factory())
+        params = {
+            "train_data": self.train_data,
+            "validation_data": self.validation_data,
+            "model_factory": encode_callable(factory),
+            "factory_kwargs": self.factory_kwargs,
+            "config": settings,
+            "run": asdict(self.run_key(context)),
+            "output_root": self.output_root,
+        }
+        return self.stage_request(context, "train", params)
+
+    def execute_remote(self, context: Context) -> dict[str, Any]:
+        """The driver runs on the cluster service; a deferrable task waits in the triggerer instead."""
+        from airflow_bigdata_ai.shards import ShardSet
+
+        self.check_reference(context, "train_data", ShardSet)
+        if self.validation_data is not None:
+            self.check_reference(context, "validation_data", ShardSet)
+        return self.finish(context, self.run_driver(context, self.train_request(context)))
+
+    def finish(self, context: Context, result: dict[str, Any]) -> dict[str, Any]:
+        from airflow_bigdata_ai.shards import ModelRef
+        from airflow_bigdata_ai.train import discard_run
+
+        self._ref = ModelRef.coerce(result)  # the driver logged its metrics (streamed into this task's log)
+        if self.deferrable and not self.keep_checkpoints:  # execute() removes them when the task did not defer
+            discard_run(self._store(), self.run_key(context))
+        return self.publish(context, self._ref)
 
     def get_job_result(self, external_id: Any, context: Context) -> dict[str, Any]:
         from airflow_bigdata_ai.train import read_result
@@ -261,7 +286,13 @@ class RayTrainOperator(ResumableJobMixin, SharedClusterOperator):
         return ref.to_dict()
 
     def on_kill(self) -> None:
-        """Disconnect the Ray driver: the trainer's controller, workers and Ray Data actors die with it."""
+        """Stop the driver: the trainer's controller, workers and Ray Data actors die with it.
+
+        Remote: stop this attempt's driver job on the cluster service. Embedded: disconnect this process's Ray
+        driver."""
+        if self.remote:
+            self.stop_driver_job()
+            return
         if not self._running:
             return
         from airflow_bigdata_ai.train import stop_current_job

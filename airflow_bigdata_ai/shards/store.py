@@ -426,6 +426,23 @@ def open_store(root: str, s3_options: S3Options | None = None) -> ShardStore:
     return LocalStore(str(parsed))
 
 
+def confined_store(store_root: str, uri: str | None = None, s3_options: S3Options | None = None) -> ShardStore:
+    """A store for ``uri``, confined so that nothing it writes can leave ``store_root``.
+
+    A target at or under the store root gets a store rooted at the store root (outputs, checkpoints and
+    caches of every task land below the configured prefix, never at the bucket's top). A target elsewhere (a
+    source folder, another deployment's ShardSet or weights in the same bucket) gets a store rooted at that
+    reference's own prefix (:func:`~airflow_bigdata_ai.shards.paths.own_root`), never at its bucket: a
+    reference cannot open up the rest of a bucket.
+    """
+    from airflow_bigdata_ai.shards.paths import is_within, own_root
+
+    root = parse_uri(store_root)
+    target = parse_uri(uri) if uri else root
+    confined = root if is_within(target, root) else own_root(target)
+    return open_store(str(confined), s3_options if confined.scheme == "s3" else None)
+
+
 def _fsync_dir(directory: str) -> None:
     fd = os.open(directory, os.O_RDONLY)
     try:

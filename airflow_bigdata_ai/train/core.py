@@ -86,14 +86,14 @@ def _prepare_checkpoint_dir(store: ShardStore, run: RunKey, fingerprint: str) ->
     return resumable
 
 
-def ship_callable(target: Any, what: str) -> UserCallable:
+def ship_callable(target: Any, what: str, check_import: bool = True) -> UserCallable:
     """Build the UserCallable once, here on the driver (a missing module fails now, naming where it looked).
 
     A configured callable object (``ExitOnceStep(...)``) travels by value with its state; functions and import
-    paths go through :meth:`UserCallable.of`.
+    paths go through :meth:`UserCallable.of` (``check_import=False``: see there).
     """
     if isinstance(target, (str, UserCallable)) or inspect.isroutine(target) or inspect.isclass(target):
-        return UserCallable.of(target)
+        return UserCallable.of(target, check_import)
     if not callable(target):
         raise UserCodeError(f"{what} must be a 'package.module:function' string or a callable, got {target!r}")
     import cloudpickle
@@ -104,8 +104,8 @@ def ship_callable(target: Any, what: str) -> UserCallable:
     )
 
 
-def ship_model_factory(target: str | Callable[..., Any] | UserCallable) -> UserCallable:
-    factory = ship_callable(target, "model_factory")
+def ship_model_factory(target: str | Callable[..., Any] | UserCallable, check_import: bool = True) -> UserCallable:
+    factory = ship_callable(target, "model_factory", check_import)
     if factory.path is None or not _FACTORY_PATH.match(factory.name):
         raise UserCodeError(
             f"model_factory {factory.name!r} must be importable as 'package.module:function' (a module beside "

@@ -72,13 +72,18 @@ class UserCallable:
     bundle: CodeBundle = field(default_factory=CodeBundle)
 
     @classmethod
-    def of(cls, target: str | Callable[..., Any] | UserCallable) -> UserCallable:
-        """Build on the task's host; a missing module or attribute fails here, before any job starts."""
+    def of(cls, target: str | Callable[..., Any] | UserCallable, check_import: bool = True) -> UserCallable:
+        """Build on the task's host; a missing module or attribute fails here, before any job starts.
+
+        ``check_import=False`` (a thin worker whose drivers run on the cluster) finds the module without running
+        it, so a factory importing torch does not import torch here: a missing attribute fails on the cluster.
+        """
         if isinstance(target, UserCallable):
             return target
         if isinstance(target, str):
             bundle = bundle_for(target)
-            import_callable(target, bundle)  # early, clear error on this host
+            if check_import:
+                import_callable(target, bundle)  # early, clear error on this host
             return cls(name=target, path=target, bundle=bundle)
         if not callable(target):
             raise UserCodeError(f"expected an import path 'module:function' or a callable, got {target!r}")

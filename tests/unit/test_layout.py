@@ -11,7 +11,7 @@ PACKAGE = pathlib.Path(airflow_bigdata_ai.__file__).parent
 LIBRARY = {
     "__init__.py", "__main__.py", "cli.py", "connection.py", "get_provider_info.py", "links.py", "usercode",
     "cluster", "hooks", "infer", "models", "operators", "preprocess", "shards", "train", "examples",
-    "tables", "lineage.py",
+    "tables", "lineage.py", "jobs", "triggers",
 }  # fmt: skip
 EXAMPLE_ONLY = ("datasets", "demo.py", "report.py", "assets.py", "transforms.py", "sample_data.py")
 

@@ -5,7 +5,6 @@ The end-to-end check (a real Airflow, the real cluster) is tests/integration/tes
 
 from __future__ import annotations
 
-import contextlib
 import os
 import pickle
 import subprocess
@@ -104,7 +103,10 @@ def test_discard_run_removes_the_whole_checkpoint_folder(tmp_path: Any) -> None:
 # -- the operator ------------------------------------------------------------------------------------------------
 class _Hook:
     def __init__(self, root: str) -> None:
+        from airflow_bigdata_ai.connection import ConnectionSettings
+
         self.store_root = root
+        self.settings = ConnectionSettings(store_root=root)  # no jobs_url: the embedded mode
 
     def store_for(self, uri: str | None = None) -> Any:
         return open_store(self.store_root)
@@ -161,17 +163,11 @@ def test_a_reconnected_retry_still_returns_the_model_ref(tmp_path: Any) -> None:
     metrics = {"val_accuracy": 0.9, "epochs": 2, "restarts": 0, "resumed_from_epoch": 1}
     ref = ModelRef(f"file://{tmp_path}/w.pt", hashlib.sha256(b"w").hexdigest(), FACTORY, [1, 8, 8], metrics=metrics)
     op.__dict__["_store"] = lambda: open_store(str(tmp_path))
-    op.__dict__["attach_cluster"] = lambda context: SimpleNamespace(
-        ray=lambda: None, close=lambda: None, guard=lambda what: contextlib.nullcontext()
-    )
-    import airflow_bigdata_ai.train as train_pkg
-
-    original = train_pkg.train
-    train_pkg.train = lambda *a, **k: ref  # type: ignore[assignment]
-    try:
-        assert op.poll_until_complete({"run_id": "r1"}, _context()) == ref.to_dict()
-    finally:
-        train_pkg.train = original  # type: ignore[assignment]
+    op.__dict__["attach_cluster"] = lambda context: SimpleNamespace(close=lambda: None)
+    requests: list[Any] = []
+    op.__dict__["run_driver"] = lambda context, request: requests.append(request) or ref.to_dict()
+    assert op.poll_until_complete({"run_id": "r1"}, _context()) == ref.to_dict()
+    assert [r.stage for r in requests] == ["train"] and requests[0].params["run"]["run_id"] == "r1"
 
 
 def test_a_callable_factory_is_kept_out_of_templating(tmp_path: Any) -> None:
