@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
     from airflow_bigdata_ai.shards.store import ShardStore
+    from airflow_bigdata_ai.usercode import UserCallable
 
 log = logging.getLogger(__name__)
 # CPUs an inference on Ray holds beside its actors: the tasks that read and split the shard list
@@ -134,13 +135,15 @@ def run_inference(
     producer: Producer | None = None,
     tag: str | None = None,
     log_fn: Callable[[str], None] | None = None,
+    factory: UserCallable | None = None,
 ) -> InferResult:
     """Predict every row of ``shardset`` with the ModelRef's model through OpenVINO; commit the predictions.
 
     Raises UserCodeError (the model factory cannot be imported or called with its kwargs), ChecksumMismatch
     (weights not the ModelRef's), ModelLoadFailed (the weights do not fit the factory's model),
     InputShapeRejected (absurd or mismatching shapes), AccuracyGateFailed (reduced precision too inaccurate
-    and ``on_accuracy_drop="fail"``).
+    and ``on_accuracy_drop="fail"``). ``factory``: the model factory as shipped from the task's host (its
+    user modules), for a driver running where the DAG folder is not.
     """
     say = log_fn or log.info
     opts = (options or InferOptions()).validate()
@@ -150,7 +153,7 @@ def run_inference(
     t0 = time.monotonic()
 
     # 0. the model factory, before any data is read: a missing module or bad kwargs fail here
-    factory = model_factory(ref)
+    factory = model_factory(ref, factory)
     code_key = {"model_code": factory.bundle.digest} if factory.bundle else None
     trained_code = getattr(ref, "code", None)  # the factory's modules when the weights were trained
     if trained_code and trained_code != factory.bundle.describe():

@@ -53,9 +53,13 @@ def check_input_shape(shape: list[int] | tuple[int, ...], request_batch: int = 1
     return dims
 
 
-def model_factory(ref: ModelRef) -> UserCallable:
-    """The ModelRef's factory, checked now: UserCodeError if its module is missing or it refuses the kwargs."""
-    factory = UserCallable.of(ref.model_factory)
+def model_factory(ref: ModelRef, shipped: UserCallable | None = None) -> UserCallable:
+    """The ModelRef's factory, checked now: UserCodeError if its module is missing or it refuses the kwargs.
+
+    ``shipped``: the factory with its modules as the task's host found them (a driver on the cluster, whose
+    host lacks the DAG folder); used when it names the ModelRef's factory."""
+    same = shipped is not None and shipped.name == ref.model_factory
+    factory = shipped if same and shipped is not None else UserCallable.of(ref.model_factory)
     factory_call_kwargs(factory.load(), ref.factory_kwargs, factory.name)
     return factory
 

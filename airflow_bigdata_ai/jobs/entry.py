@@ -86,6 +86,7 @@ def main(argv: list[str]) -> int:
     request_uri, spec = argv[0], StoreSpec(**json.loads(argv[1]))
     store = spec.store_for(request_uri)
     request = StageRequest.from_json(store.read_bytes(request_uri))
+    from airflow_bigdata_ai.cluster import attach
     from airflow_bigdata_ai.jobs.drivers import run_stage
 
     cluster = cluster_here()
@@ -93,8 +94,9 @@ def main(argv: list[str]) -> int:
     threading.Thread(target=_heartbeat, args=(cluster.state_dir, stop), daemon=True).start()
     t0 = time.monotonic()
     log.info("driver %s (%s) started on the cluster", request.submission_id, request.stage)
+    attached = attach(cluster)
     try:
-        result = run_stage(request, cluster, log.info)
+        result = run_stage(request, attached, log.info)
         record: dict[str, Any] = {"status": "succeeded", "result": result}
     except BaseException as exc:  # recorded for the task, then re-raised for the job's own status
         record = outcome_of(exc)
@@ -103,6 +105,7 @@ def main(argv: list[str]) -> int:
         raise
     finally:
         stop.set()
+        attached.close()
     store.write_bytes(request.result_uri, json.dumps(record).encode())
     log.info("driver %s finished in %.1f s", request.submission_id, time.monotonic() - t0)
     return 0

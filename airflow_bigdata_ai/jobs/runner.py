@@ -20,7 +20,7 @@ from airflow_bigdata_ai.jobs.entry import entrypoint, outcome_of
 from airflow_bigdata_ai.jobs.request import StageRequest
 
 if TYPE_CHECKING:
-    from airflow_bigdata_ai.cluster.config import ClusterConfig
+    from airflow_bigdata_ai.cluster import AttachedCluster
     from airflow_bigdata_ai.shards import ShardStore
 
 log = logging.getLogger(__name__)
@@ -59,19 +59,17 @@ def raise_for(record: dict[str, Any], submission_id: str) -> dict[str, Any]:
 
 
 class InProcessRunner:
-    """The driver runs in this process, against ``cluster`` (the embedded mode)."""
+    """The driver runs in this process, on ``attached`` (the embedded mode; the caller owns the handle)."""
 
-    def __init__(self, cluster: ClusterConfig, log_fn: Callable[..., None] | None = None) -> None:
-        self.cluster = cluster
+    def __init__(self, attached: AttachedCluster | None, log_fn: Callable[..., None] | None = None) -> None:
+        self.attached = attached
         self.log_fn = log_fn or log.info
 
     def run(self, request: StageRequest) -> dict[str, Any]:
         from airflow_bigdata_ai.jobs.drivers import run_stage
 
         try:
-            return run_stage(request, self.cluster, self.log_fn)
-        except StageFailed:
-            raise
+            return run_stage(request, self.attached, self.log_fn)
         except Exception as exc:
             outcome = outcome_of(exc)
             if outcome["retryable"]:

@@ -103,10 +103,13 @@ class SharedClusterOperator(BaseOperator):
         settings = self.hook.settings
         return ClusterJobRunner(JobsClient(settings.jobs_url, settings.auth_token), self.hook.store_for())
 
-    def run_driver(self, context: Context, request: StageRequest) -> dict[str, Any]:
-        """Run the stage's driver and return its reference (a dict); a deferrable task defers instead.
+    def run_driver(
+        self, context: Context, request: StageRequest, attached: AttachedCluster | None = None
+    ) -> dict[str, Any]:
+        """Run the stage's driver and return what it produced (``"reference"``...); a deferrable task defers.
 
-        Embedded: in this process (:class:`~airflow_bigdata_ai.jobs.InProcessRunner`). Remote: as a job of the
+        Embedded: in this process on ``attached`` (:class:`~airflow_bigdata_ai.jobs.InProcessRunner`), which the
+        caller owns (None: a stage that needs no cluster, such as local inference). Remote: as a job of the
         cluster service, whose log lines come into this task's log; a retry reconnects to a job still running.
         A driver error a retry cannot fix fails the task without retries.
         """
@@ -114,7 +117,7 @@ class SharedClusterOperator(BaseOperator):
 
         try:
             if not self.remote:
-                return InProcessRunner(self.hook.cluster_config(), self.log.info).run(request)
+                return InProcessRunner(attached, self.log.info).run(request)
             runner = self.cluster_runner()
             self._submission = runner.submit(request)
             push_cluster_links(context, "", self.hook.settings.jobs_url)

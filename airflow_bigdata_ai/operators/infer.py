@@ -8,7 +8,6 @@ also goes to its own XCom key for dashboards.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -93,10 +92,10 @@ class OpenVINOInferOperator(SharedClusterOperator):
         self.track_reference_sources("model_ref", "input_data")
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from airflow_bigdata_ai.cluster.admission import AdmissionRefused
-        from airflow_bigdata_ai.infer import InferenceError, InferOptions, run_inference
-        from airflow_bigdata_ai.shards import ChecksumMismatch, InvalidReference, ModelRef, ShardSet
-        from airflow_bigdata_ai.usercode import UserCodeError
+        from dataclasses import asdict
+
+        from airflow_bigdata_ai.infer import InferOptions
+        from airflow_bigdata_ai.shards import InvalidReference, ModelRef, ShardSet
 
         ref = self.check_reference(context, "model_ref", ModelRef)  # signature, and producer if from XCom
         data = self.check_reference(context, "input_data", ShardSet)
@@ -117,68 +116,52 @@ class OpenVINOInferOperator(SharedClusterOperator):
             ).validate()
         except (InvalidReference, ValueError) as exc:
             raise AirflowFailException(f"invalid inference arguments: {exc}") from exc
-        if self.output_uri:
-            output_store, location = self.hook.store_for(self.output_uri), self.output_uri
-        else:
-            output_store, location = self.output_location(context)
-        attached = None
-        if options.engine != "local":
-            attached = self.attach_cluster(context)
+        location = self.output_uri or self.output_location(context)[1]
+        if options.engine == "spark":
+            self._tag = self.job_tag(context)
+        params: dict[str, Any] = {
+            "model_ref": ref.to_dict(),
+            "input_data": data.to_dict(),
+            "output_uri": location,
+            "options": asdict(options),
+            "producer": asdict(self.producer(context)),
+            "tag": self._tag,
+        }
+        if self.remote:  # the factory's modules as this host finds them (beside the DAG): the cluster has no copy
+            from airflow_bigdata_ai.jobs.request import encode_callable
+            from airflow_bigdata_ai.usercode import UserCallable
+
+            params["model_factory"] = encode_callable(UserCallable.of(ref.model_factory, check_import=False))
+        request = self.stage_request(context, "infer", params)
+        if self.remote:
+            return self.finish(context, self.run_driver(context, request))
+        # a gate, shapes, weights that do not fit, a missing module or bad factory kwargs, more CPUs than the
+        # cluster can ever give: run_driver fails the task without retries (the same input fails the same way)
+        attached = None if options.engine == "local" else self.attach_cluster(context)
         try:
-            if attached is not None and options.engine == "ray":
-                attached.ray()
+            if options.engine == "ray":
                 self._ray_attached = True
             elif attached is not None:
-                self._spark = attached.spark()
-                self._tag = self.job_tag(context)
-            self.log.info(
-                "Inference of %s on %s (%d rows) -> %s, precision %s, engine %s",
-                ref.weights_uri,
-                data.manifest_uri,
-                data.num_rows,
-                location,
-                options.precision,
-                options.engine,
-            )
-            with attached.guard("inference") if attached is not None else contextlib.nullcontext():
-                result = run_inference(
-                    ref,
-                    data,
-                    location,
-                    model_store=self.hook.store_for(ref.weights_uri),
-                    input_store=self.hook.store_for(data.manifest_uri),
-                    output_store=output_store,
-                    options=options,
-                    spark=self._spark,
-                    producer=self.producer(context),
-                    tag=self._tag,
-                    log_fn=self.log.info,
-                )
-        except (InferenceError, ChecksumMismatch, UserCodeError, AdmissionRefused) as exc:
-            # deterministic (a gate, shapes, weights that do not fit, a missing module or bad factory kwargs,
-            # more CPUs than the cluster can ever give)
-            raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
+                self._spark = attached.spark()  # the driver's session: on_kill interrupts this attempt's tag
+            result = self.run_driver(context, request, attached)
         finally:
             self._spark = None
             self._ray_attached = False
             if attached is not None:
                 attached.close()
-        summary = result.summary
-        self.log.info(
-            "Precision requested %s, actually run %s (OpenVINO runtime %s); %d rows, %.1f images/s, accuracy %s",
-            summary["precision_requested"],
-            summary["precision_used"],
-            ",".join(summary["runtime_precision"]),
-            summary["rows"],
-            summary["images_per_s"] or 0.0,
-            "n/a" if summary["accuracy"] is None else f"{summary['accuracy']:.2%}",
-        )
-        context["ti"].xcom_push(key=SUMMARY_XCOM_KEY, value=summary)
-        return self.publish(context, result.shardset)  # signed; also the outlet events' reference
+        return self.finish(context, result)
+
+    def finish(self, context: Context, result: dict[str, Any]) -> dict[str, Any]:
+        from airflow_bigdata_ai.shards import ShardSet
+
+        context["ti"].xcom_push(key=SUMMARY_XCOM_KEY, value=result["summary"])
+        return self.publish(context, ShardSet.coerce(result["reference"]))  # signed; also the outlet events'
 
     def on_kill(self) -> None:
-        """Cancel only this attempt's work: its Spark tag, or its Ray driver (which owns the actor pool)."""
+        """Cancel only this attempt's work: its Spark tag, or its Ray driver (which owns the actor pool); remote:
+        its driver job on the cluster."""
         self.interrupt_spark_tag()
+        self.stop_driver_job()
         if self._ray_attached:
             import ray
 

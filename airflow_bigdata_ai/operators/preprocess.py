@@ -116,13 +116,16 @@ class SparkPreprocessOperator(SharedClusterOperator):
             raise SettingsError(f"rows_per_shard, parallelism and max_bad_fraction must be numbers: {exc}") from exc
 
     def execute(self, context: Context) -> dict[str, Any]:
+        from dataclasses import asdict
+
         from airflow_bigdata_ai.preprocess import SettingsError, SourceLayoutError, TooManyBadRecords
-        from airflow_bigdata_ai.preprocess.core import prepare, run_prepared
+        from airflow_bigdata_ai.preprocess.core import prepare
         from airflow_bigdata_ai.preprocess.plan import coerce_source
         from airflow_bigdata_ai.usercode import UserCodeError
 
         # a retry cannot fix these: a missing module, impossible settings, a malformed labels file, the same
-        # bad data. Everything but the last is found here, before attaching to (or starting) the cluster.
+        # bad data. Everything but the last is found here, before attaching to (or starting) the cluster; a
+        # thin worker (remote) checks the settings and finds the user's module, the driver does the rest.
         not_retried = (UserCodeError, SettingsError, SourceLayoutError, TooManyBadRecords)
         try:
             spec = coerce_source(self.source)
@@ -130,61 +133,75 @@ class SparkPreprocessOperator(SharedClusterOperator):
                 store, location = self.hook.store_for(self.output_uri), self.output_uri
             else:
                 store, location = self.output_location(context)
-            prepared = prepare(
-                spec,
-                location,
-                transform=self.transform_callable if self.transform_callable is not None else self.transform,
-                transform_kwargs=self.transform_kwargs,
-                guards=self.guards,
-                output_spec=self.output_spec,
-                source_store=self.hook.store_for(spec.uri) if spec.uri else store,
-                output_store=store,
-                **self._settings(),
-            )
-        except not_retried as exc:
-            raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
-        attached = self.attach_cluster(context)
-        self._tag = self.job_tag(context)
-        try:
-            self._spark = attached.spark()
-            self.log.info("Preprocessing %s -> %s (Spark job tag %s)", spec.describe(), location, self._tag)
-            self.record_lineage(inputs=_source_lineage(spec, self._spark))
-            with attached.guard("preprocessing"):
-                shardset = run_prepared(
-                    prepared,
-                    spark=self._spark,
-                    producer=self.producer(context),
-                    progress=self._log_progress,
-                    progress_interval_s=self.progress_interval_s,
-                    tag=self._tag,
+            settings = self._settings()
+            transform = self._shipped_transform()
+            if not self.remote:
+                prepare(
+                    spec,
+                    location,
+                    transform=transform,
+                    transform_kwargs=self.transform_kwargs,
+                    guards=self.guards,
+                    output_spec=self.output_spec,
+                    source_store=self.hook.store_for(spec.uri) if spec.uri else store,
+                    output_store=store,
+                    **settings,
                 )
         except not_retried as exc:
             raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
+        self._tag = self.job_tag(context)
+        request = self.stage_request(
+            context,
+            "preprocess",
+            {
+                "source": self.source if isinstance(self.source, str) else dict(self.source),
+                "transform": _encoded(transform),
+                "transform_kwargs": self.transform_kwargs,
+                "guards": self.guards,
+                "output_spec": self.output_spec,
+                "output_uri": location,
+                "producer": asdict(self.producer(context)),
+                "tag": self._tag,
+                "progress_interval_s": self.progress_interval_s,
+                **settings,
+            },
+        )
+        if self.remote:
+            return self.finish(context, self.run_driver(context, request))
+        attached = self.attach_cluster(context)
+        try:
+            self._spark = attached.spark()  # the driver's session: on_kill interrupts this attempt's tag on it
+            result = self.run_driver(context, request, attached)
         finally:
             self._spark = None
             attached.close()
-        stats = shardset.stats
-        self.log.info(
-            "Committed %s: %d rows in %d shards; %d quarantined %s",
-            shardset.manifest_uri,
-            shardset.num_rows,
-            shardset.num_shards,
-            stats.get("quarantined", 0),
-            stats.get("by_reason", {}),
-        )
-        return self.publish(context, shardset)  # signed; also the outlet events' reference
+        return self.finish(context, result)
+
+    def _shipped_transform(self) -> Any:
+        """The transform as it travels: built-in steps as they are; user code with its modules (found, not run,
+        on a thin worker: the driver imports it on the cluster)."""
+        from airflow_bigdata_ai.usercode import UserCallable
+
+        target = self.transform_callable if self.transform_callable is not None else self.transform
+        if callable(target) or (isinstance(target, str) and ":" in target):
+            return UserCallable.of(target, check_import=not self.remote)
+        return target
+
+    def finish(self, context: Context, result: dict[str, Any]) -> dict[str, Any]:
+        from airflow_bigdata_ai.shards import ShardSet
+
+        self.record_lineage(inputs=result.get("read") or [])
+        return self.publish(context, ShardSet.coerce(result["reference"]))  # signed; also the outlet events'
 
     def on_kill(self) -> None:
-        """Interrupt only the Spark operations carrying this attempt's tag (other tasks share the app)."""
+        """Interrupt only the Spark operations carrying this attempt's tag (other tasks share the app); remote:
+        stop this attempt's driver job, whose Spark Connect session ends with it."""
         self.interrupt_spark_tag()
+        self.stop_driver_job()
 
 
-def _source_lineage(spec: Any, spark: Any) -> list[dict[str, Any]]:
-    """The datasets a source reads: its store location, its table, or the tables its query names."""
-    from airflow_bigdata_ai.lineage import sql_tables, store_dataset, table_dataset
-    from airflow_bigdata_ai.tables.publish import table_location
+def _encoded(transform: Any) -> Any:
+    from airflow_bigdata_ai.jobs.request import encode_callable
+    from airflow_bigdata_ai.usercode import UserCallable
 
-    if not spec.is_query:
-        return [store_dataset(spec.uri)]
-    names = [spec.table] if spec.table else sql_tables(spec.sql)
-    return [table_dataset(name, table_location(spark, name, missing_ok=True)) for name in names]
+    return encode_callable(transform) if isinstance(transform, UserCallable) else transform

@@ -226,12 +226,14 @@ class RayTrainOperator(ResumableJobMixin, SharedClusterOperator):
         """
         from airflow_bigdata_ai.shards import ModelRef
 
-        self.attach_cluster(context)  # starts the embedded cluster if needed; the task view's links
+        attached = self.attach_cluster(context)  # starts the embedded cluster if needed; the task view's links
         try:
             self._running = True
-            self._ref = ModelRef.coerce(self.run_driver(context, self.train_request(context)))
+            result = self.run_driver(context, self.train_request(context), attached)
         finally:
             self._running = False
+            attached.close()
+        self._ref = ModelRef.coerce(result["reference"])
         return self._ref.to_dict()
 
     # -- the driver's request; remote mode ------------------------------------------------------------------
@@ -272,7 +274,7 @@ class RayTrainOperator(ResumableJobMixin, SharedClusterOperator):
         from airflow_bigdata_ai.shards import ModelRef
         from airflow_bigdata_ai.train import discard_run
 
-        self._ref = ModelRef.coerce(result)  # the driver logged its metrics (streamed into this task's log)
+        self._ref = ModelRef.coerce(result["reference"])  # the driver logged its metrics (into this task's log)
         if self.deferrable and not self.keep_checkpoints:  # execute() removes them when the task did not defer
             discard_run(self._store(), self.run_key(context))
         return self.publish(context, self._ref)

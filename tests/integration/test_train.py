@@ -309,6 +309,7 @@ OPERATOR_DRIVER = textwrap.dedent(
     import json, os, signal, sys, time
     from types import SimpleNamespace
     from airflow_bigdata_ai.cluster import ClusterConfig, attach
+    from airflow_bigdata_ai.connection import ConnectionSettings
     from airflow_bigdata_ai.operators.train import RayTrainOperator
     from airflow_bigdata_ai.shards import open_store
 
@@ -316,6 +317,7 @@ OPERATOR_DRIVER = textwrap.dedent(
 
     class Hook:
         store_root = root
+        settings = ConnectionSettings(store_root=root)  # no jobs_url: the task is the driver (embedded)
         def attach(self):
             return attach(ClusterConfig(state_dir=state_dir, mode="remote"))
         def store_for(self, uri=None):

@@ -165,7 +165,9 @@ def test_a_reconnected_retry_still_returns_the_model_ref(tmp_path: Any) -> None:
     op.__dict__["_store"] = lambda: open_store(str(tmp_path))
     op.__dict__["attach_cluster"] = lambda context: SimpleNamespace(close=lambda: None)
     requests: list[Any] = []
-    op.__dict__["run_driver"] = lambda context, request: requests.append(request) or ref.to_dict()
+    op.__dict__["run_driver"] = lambda context, request, attached: (
+        requests.append(request) or {"reference": ref.to_dict()}
+    )
     assert op.poll_until_complete({"run_id": "r1"}, _context()) == ref.to_dict()
     assert [r.stage for r in requests] == ["train"] and requests[0].params["run"]["run_id"] == "r1"
 
