@@ -28,6 +28,9 @@ def _config(args: argparse.Namespace) -> Any:
         kwargs["ray_num_cpus_worker_node"] = args.num_cpus_worker_node
     if getattr(args, "idle_timeout", None) is not None:
         kwargs["idle_timeout_s"] = args.idle_timeout
+    for name in ("bind_address", "jobs_port", "spark_connect_port"):
+        if getattr(args, name, None):
+            kwargs[name] = getattr(args, name)
     conf = {}
     for item in getattr(args, "conf", None) or []:
         key, sep, value = item.partition("=")
@@ -61,9 +64,32 @@ def cmd_start(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from airflow_bigdata_ai.cluster import cluster_status
 
-    status = cluster_status(_config(args))
-    _print(status)
+    config = _config(args)
+    status = cluster_status(config)
+    if not args.connection:
+        _print(status)
+    elif status.get("alive"):
+        print(connection_env(config, status, args.conn_id, args.store_root))
+    else:
+        print(f"error: the cluster of {config.state_dir} is not running", file=sys.stderr)
     return 0 if status.get("alive") else 3
+
+
+def connection_env(config: Any, status: dict[str, Any], conn_id: str, store_root: str | None) -> str:
+    """``AIRFLOW_CONN_<ID>='<json>'``: all an Airflow worker on another host needs (the token included)."""
+    import shlex
+
+    from airflow_bigdata_ai.cluster.config import StatePaths, read_token
+
+    jobs_url = status.get("jobs_url") or ""
+    extra = {"mode": "remote", "jobs_url": jobs_url, **({"store_root": store_root} if store_root else {})}
+    conn = {
+        "conn_type": "ray_on_spark",
+        "host": status.get("master") or config.master,
+        "password": read_token(StatePaths(config.state_dir).token),
+    }
+    name = "".join(c if c.isalnum() else "_" for c in conn_id).upper()
+    return f"AIRFLOW_CONN_{name}={shlex.quote(json.dumps({**conn, 'extra': extra}))}"
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
@@ -92,11 +118,21 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--num-cpus-worker-node", type=int)
     start.add_argument("--idle-timeout", type=float, help="seconds without attach before the service stops (0=never)")
     start.add_argument("--conf", action="append", metavar="KEY=VALUE", help="extra Spark conf (repeatable)")
+    start.add_argument(
+        "--bind-address", help="where the Jobs API listens for Airflow workers on other hosts (default 127.0.0.1)"
+    )
+    start.add_argument("--jobs-port", type=int, help="fixed port of the Jobs API (default: a free one)")
+    start.add_argument("--spark-connect-port", type=int, help="fixed Spark Connect port (loopback; default: free)")
     start.set_defaults(func=cmd_start)
 
     status = sub.add_parser("status", help="print the endpoint record and liveness (exit 3 if not running)")
     common(status)
     status.add_argument("--master", help=argparse.SUPPRESS)
+    status.add_argument(
+        "--connection", action="store_true", help="print a ready AIRFLOW_CONN_... line (with the token) to paste"
+    )
+    status.add_argument("--conn-id", default="ray_on_spark_default", help="the connection's id (with --connection)")
+    status.add_argument("--store-root", help="the shard store the workers share (with --connection)")
     status.set_defaults(func=cmd_status)
 
     stop = sub.add_parser("stop", help="stop the service and every process it started")

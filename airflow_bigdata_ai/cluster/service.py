@@ -149,6 +149,9 @@ def _setup_env(token: str, loopback: bool) -> None:
         # the head node's processes (dashboard agent, job supervisor, job drivers) resolve "this node" to
         # 127.0.0.1 instead of eth0 before they connect; the worker nodes are started with it forced to 1
         os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    # a stopped driver job gets SIGTERM, then SIGKILL after this long (Ray's default 3 s): time to abort its
+    # training, whose detached helpers otherwise outlive it (jobs.entry)
+    os.environ.setdefault("RAY_JOB_STOP_WAIT_TIME_S", "30")
     os.environ["RAY_AUTH_MODE"] = "token"
     os.environ["RAY_AUTH_TOKEN"] = token
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -285,7 +288,7 @@ def serve(state_dir: str, cluster_id: str) -> int:
     bind = config.bind_address or LOOPBACK
     if loopback:
         pin_node_ip(LOOPBACK)
-        dashboard_on(bind)
+    dashboard_on(bind)  # whatever the master: Ray on Spark would bind it to 0.0.0.0
     os.environ[ENV_CLUSTER_STATE_DIR] = paths.root  # driver jobs attach through it (jobs.entry)
     head_options: dict[str, Any] = {"dashboard_port": config.jobs_port} if config.jobs_port else {}
 

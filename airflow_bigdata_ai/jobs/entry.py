@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
 import threading
 import time
@@ -95,6 +96,7 @@ def main(argv: list[str]) -> int:
     t0 = time.monotonic()
     log.info("driver %s (%s) started on the cluster", request.submission_id, request.stage)
     attached = attach(cluster)
+    signal.signal(signal.SIGTERM, lambda _sig, _frame: _stop_in_background(request, attached, store))
     try:
         result = run_stage(request, attached, log.info)
         record: dict[str, Any] = {"status": "succeeded", "result": result}
@@ -109,6 +111,32 @@ def main(argv: list[str]) -> int:
     store.write_bytes(request.result_uri, json.dumps(record).encode())
     log.info("driver %s finished in %.1f s", request.submission_id, time.monotonic() - t0)
     return 0
+
+
+def _stop_in_background(request: StageRequest, attached: Any, store: Any) -> None:
+    """``ray job stop`` (a cleared task, a trigger's on_kill) sends SIGTERM: end this driver's work, then exit.
+
+    In a thread, because the main thread sits in a Ray or Spark call: abort the trainings this driver runs
+    (Ray Train's detached helpers end with them), interrupt its Spark operations (its job tag), record the stop.
+    """
+
+    def stop() -> None:
+        log.info("driver %s: stop requested, ending its work on the cluster", request.submission_id)
+        try:
+            if "ray" in sys.modules and sys.modules["ray"].is_initialized():
+                from airflow_bigdata_ai.train.core import abort_active_trainings
+
+                abort_active_trainings(timeout=20.0)
+            tag, spark = request.params.get("tag"), getattr(attached, "_spark", None)
+            if tag and spark is not None:
+                spark.interruptTag(tag)
+            record = {"status": "failed", "error_type": "Stopped", "message": "the job was stopped", "retryable": True}
+            store.write_bytes(request.result_uri, json.dumps(record).encode())
+        finally:
+            logging.shutdown()
+            os._exit(143)
+
+    threading.Thread(target=stop, name="stop-driver", daemon=True).start()
 
 
 def _why(exc: BaseException) -> tuple[str, str]:

@@ -313,14 +313,21 @@ def stop_current_job(timeout: float = 30.0) -> list[str]:
         return []
     context = ray.get_runtime_context()
     job_id, address = context.get_job_id(), context.gcs_address
+    abort_active_trainings(timeout)
+    ray.shutdown()
+    return wait_job_actors_gone(job_id, timeout, address=address)
+
+
+def abort_active_trainings(timeout: float = 30.0) -> None:
+    """Abort the Ray Train runs this process drives, the way Ctrl-C does (their detached helpers end too)."""
+    import ray
+
     while _ACTIVE_CONTROLLERS:
         controller = _ACTIVE_CONTROLLERS.pop()
         try:
             ray.get(controller.abort.remote(), timeout=timeout)
         except Exception:  # already gone, or aborting raced with the end of the run
             log.debug("controller abort failed", exc_info=True)
-    ray.shutdown()
-    return wait_job_actors_gone(job_id, timeout, address=address)
 
 
 def wait_job_actors_gone(job_id: str, timeout: float = 30.0, address: str | None = None) -> list[str]:
