@@ -105,8 +105,32 @@ with DAG(
         num_workers=2,
         seed=3,
     )
+
+# the same training, its driver on the cluster service (a connection with jobs_url): waiting in the triggerer,
+# or in the task with retries
+for dag_id, deferrable, epochs in (("user_train_deferred", True, 40), ("user_train_remote", False, 4)):
+    with DAG(
+        dag_id,
+        schedule=None,
+        start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+        catchup=False,
+        default_args={"retries": 2, "retry_delay": timedelta(seconds=1)},
+    ):
+        RayTrainOperator(
+            task_id="train",
+            train_data=TRAIN_DATA,
+            model_factory="user_models:make_model",
+            epochs=epochs,
+            batch_size=32,
+            lr=5e-3,
+            num_workers=2,
+            seed=3,
+            ray_on_spark_conn_id="abai_service",
+            deferrable=deferrable,
+        )
 """
 RESUME_DAG_ID = "user_train_resume"
+DEFERRED_DAG_ID, REMOTE_DAG_ID = "user_train_deferred", "user_train_remote"
 
 
 @dataclass
@@ -172,6 +196,7 @@ def user_airflow(tmp_path_factory: pytest.TempPathFactory, shared_cluster: Share
         extra_env={
             "AIRFLOW_BIGDATA_AI_HOME": state_home,
             "AIRFLOW_BIGDATA_AI_STATE_DIR": shared_cluster.config.state_dir,
+            "AIRFLOW_CONN_ABAI_SERVICE": service_connection(shared_cluster, store_root),
         },
     )
     env = UserAirflow(services, str(dags), store_root)
@@ -182,6 +207,15 @@ def user_airflow(tmp_path_factory: pytest.TempPathFactory, shared_cluster: Share
         yield env
     finally:
         services.stop()  # ends every service and its descendants by PID (hard, if they do not stop in time)
+
+
+def service_connection(shared_cluster: SharedCluster, store_root: str) -> str:
+    """The connection ``cluster status --connection`` prints for the shared cluster: its Jobs API and token."""
+    from airflow_bigdata_ai.cluster.config import StatePaths, read_token
+
+    token = read_token(StatePaths(shared_cluster.config.state_dir).token)
+    extra = {"mode": "remote", "jobs_url": shared_cluster.endpoint.jobs_url, "store_root": store_root}
+    return json.dumps({"conn_type": "ray_on_spark", "password": token, "extra": extra})
 
 
 def _weights_keys(store_root: str, ref: ModelRef) -> list[str]:
@@ -317,3 +351,116 @@ def _task_log(home: str, dag_id: str, run_id: str, attempt: int) -> str:
     path = os.path.join(home, "logs", f"dag_id={dag_id}", f"run_id={run_id}", "task_id=train", f"attempt={attempt}.log")
     with open(path, encoding="utf-8", errors="replace") as handle:
         return handle.read()
+
+
+# -- drivers on the cluster service (issue 14) -------------------------------------------------------------------
+def _jobs_of(shared_cluster: SharedCluster, dag_id: str) -> list[dict[str, Any]]:
+    """The driver jobs of ``dag_id``'s train task on the cluster (any run, any try)."""
+    from airflow_bigdata_ai.cluster.config import StatePaths, read_token
+    from airflow_bigdata_ai.jobs import JobsClient
+
+    client = JobsClient(shared_cluster.endpoint.jobs_url, read_token(StatePaths(shared_cluster.config.state_dir).token))
+    return [j for j in client.list() if f"abai-{dag_id}_train-" in str(j.get("submission_id"))]
+
+
+def _wait(predicate: Any, timeout_s: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        found = predicate()
+        if found:
+            return found
+        time.sleep(1.0)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+def _first_epoch_done(shared_cluster: SharedCluster, dag_id: str) -> dict[str, Any] | None:
+    from airflow_bigdata_ai.cluster.config import StatePaths, read_token
+    from airflow_bigdata_ai.jobs import JobsClient
+
+    client = JobsClient(shared_cluster.endpoint.jobs_url, read_token(StatePaths(shared_cluster.config.state_dir).token))
+    for job in _jobs_of(shared_cluster, dag_id):
+        if job.get("status") == "RUNNING" and "epoch 1/" in client.logs(str(job["submission_id"])):
+            return job
+    return None
+
+
+def test_clearing_a_deferred_training_stops_its_cluster_job(
+    user_airflow: UserAirflow, shared_cluster: SharedCluster, attached: Any
+) -> None:
+    from airflow_bigdata_ai.train.core import wait_job_actors_gone
+
+    services = user_airflow.services
+    services.wait_for_dag(DEFERRED_DAG_ID)
+    run_id = str(services.api("POST", f"/dags/{DEFERRED_DAG_ID}/dagRuns", json={"logical_date": None})["dag_run_id"])
+    job = _wait(lambda: _first_epoch_done(shared_cluster, DEFERRED_DAG_ID), 300, "the deferred training's first epoch")
+    ti = _wait(
+        lambda: (
+            (t := services.api("GET", f"/dags/{DEFERRED_DAG_ID}/dagRuns/{run_id}/taskInstances/train"))["state"]
+            == "deferred"
+            and t
+        ),
+        120,
+        "the task to be deferred",
+    )
+    services.api("PATCH", f"/dags/{DEFERRED_DAG_ID}", json={"is_paused": True})  # the cleared task stays cleared
+    services.api(
+        "POST",
+        f"/dags/{DEFERRED_DAG_ID}/clearTaskInstances",
+        json={"dag_run_id": run_id, "task_ids": ["train"], "dry_run": False, "only_failed": False},
+    )
+    submission = str(job["submission_id"])
+    stopped = _wait(
+        lambda: _status_of(shared_cluster, DEFERRED_DAG_ID, submission) == "STOPPED",
+        120,
+        f"the driver job {submission} of the cleared task (try {ti['try_number']}) to stop",
+    )
+    assert stopped
+    attached.ray()
+    left = [a for a in _alive_classes(wait_job_actors_gone(str(job["job_id"]), timeout=60)) if a not in SINGLETONS]
+    assert not left, left
+
+
+def _status_of(shared_cluster: SharedCluster, dag_id: str, submission: str) -> str:
+    return str(next(j["status"] for j in _jobs_of(shared_cluster, dag_id) if j["submission_id"] == submission))
+
+
+# Ray's cluster-wide detached singletons: created by the first job that needs them, shared by all later ones
+SINGLETONS = {"TrainStateActor", "_StatsActor", "_AutoscalingCoordinatorActor"}
+
+
+def _alive_classes(ids: list[str]) -> list[str]:
+    from ray.util.state import get_actor
+
+    return [a.class_name for a in map(get_actor, ids) if a is not None and a.state != "DEAD"]
+
+
+def test_a_killed_task_process_is_retried_and_reconnects_to_its_running_cluster_job(
+    user_airflow: UserAirflow, shared_cluster: SharedCluster
+) -> None:
+    import signal
+
+    import psutil
+
+    services = user_airflow.services
+    services.wait_for_dag(REMOTE_DAG_ID)
+    run_id = str(services.api("POST", f"/dags/{REMOTE_DAG_ID}/dagRuns", json={"logical_date": None})["dag_run_id"])
+    _wait(lambda: _first_epoch_done(shared_cluster, REMOTE_DAG_ID), 300, "the remote training's first epoch")
+    ti_id = services.api("GET", f"/dags/{REMOTE_DAG_ID}/dagRuns/{run_id}/taskInstances/train")["id"]
+    scheduler = psutil.Process(services.procs["scheduler"].pid)
+    task = _wait(
+        lambda: [p for p in scheduler.children(recursive=True) if ti_id in " ".join(p.cmdline())],
+        60,
+        "the task process ('airflow worker -- <ti id>')",
+    )
+    os.kill(task[0].pid, signal.SIGKILL)  # no on_kill: what an OOM kill or a lost pod does
+
+    state = services.wait_for_runs(REMOTE_DAG_ID, [run_id], timeout_s=900)[run_id]
+    ti = dict(services.api("GET", f"/dags/{REMOTE_DAG_ID}/dagRuns/{run_id}/taskInstances/train"))
+    retry_log = _task_log(services.home, REMOTE_DAG_ID, run_id, ti["try_number"])
+    assert state == "success" and ti["try_number"] == 2, (state, ti, retry_log[-3000:])
+    assert "Reconnecting to the running driver job" in retry_log, retry_log[-3000:]
+    jobs = _jobs_of(shared_cluster, REMOTE_DAG_ID)
+    assert len(jobs) == 1 and jobs[0]["status"] == "SUCCEEDED", jobs  # one job for both tries
+    value = services.api("GET", f"/dags/{REMOTE_DAG_ID}/dagRuns/{run_id}/taskInstances/train/xcomEntries/return_value")
+    ref = ModelRef.coerce(json.loads(value["value"]) if isinstance(value["value"], str) else value["value"])
+    assert ref.metrics["epochs"] == 4 and open_store(user_airflow.store_root).exists(ref.weights_uri)
