@@ -15,6 +15,8 @@ or a leaked engine in one cannot spoil the next), and reports medians of several
 8. scale       preprocess, train (1 epoch) and infer at 1x, 10x, 100x the images: throughput, peak RSS of the
                task process, the Spark driver and the largest worker, XCom bytes (benchmarks/bench_scale.py;
                goals: 100x within 15% of 10x, task and driver RSS within 20%, XCom constant)
+9. remote      a no-op stage's driver as a job of the cluster service vs in the task's process: submit to first
+               work and end to end (benchmarks/bench_remote.py; goal: at most 2 s more per task)
 
 Writes ``benchmarks/results/latest.json``, ``latest.md`` and ``docs/_static/benchmarks.png``. Without
 ``--state-dir`` it starts a shared cluster of its own (in the work dir) and stops it at the end.
@@ -44,7 +46,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-BENCHMARKS = ("cluster", "handoff", "preprocess", "train", "infer", "e2e", "backfill", "scale")
+BENCHMARKS = ("cluster", "handoff", "preprocess", "train", "infer", "e2e", "backfill", "scale", "remote")
 TITLES = {
     "cluster": "1. Cluster: attach vs cold start",
     "handoff": "2. Handoff: shards into Ray",
@@ -54,6 +56,7 @@ TITLES = {
     "e2e": "6. End to end (smart_transportation_cv)",
     "backfill": "7. Backfill throughput (digits_e2e, real scheduler)",
     "scale": "8. Scale (1x, 10x, 100x images)",
+    "remote": "9. Remote drivers: per-task overhead of the cluster service",
 }
 XCOM_SHARDS = (1, 10, 100, 1000, 10000)
 DAG_ID = "smart_transportation_cv"
@@ -597,6 +600,13 @@ def bench_scale(ctx: Ctx) -> dict[str, Any]:
     return bs.report(ctx, row)
 
 
+# -- 9. remote drivers (bench_remote.py) ----------------------------------------------------------------------
+def bench_remote(ctx: Ctx) -> dict[str, Any]:
+    from benchmarks import bench_remote as br
+
+    return br.report(ctx, row)
+
+
 RUNNERS: dict[str, Callable[[Ctx], dict[str, Any]]] = {
     "cluster": bench_cluster,
     "handoff": bench_handoff,
@@ -606,6 +616,7 @@ RUNNERS: dict[str, Callable[[Ctx], dict[str, Any]]] = {
     "e2e": bench_e2e,
     "backfill": bench_backfill,
     "scale": bench_scale,
+    "remote": bench_remote,
 }
 
 

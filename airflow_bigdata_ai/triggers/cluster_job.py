@@ -10,6 +10,7 @@ the job (``on_kill``); a triggerer restart does not.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -51,8 +52,10 @@ class ClusterJobTrigger(BaseTrigger):
         return JobsClient(settings.jobs_url, settings.auth_token)
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
+        from airflow_bigdata_ai.jobs.runner import quick_poll
+
         client = await self._client()
-        offset = self.log_offset
+        offset, start = self.log_offset, time.monotonic()
         while True:
             info = await asyncio.to_thread(client.info, self.submission_id)
             text = await asyncio.to_thread(client.logs, self.submission_id)
@@ -64,7 +67,7 @@ class ClusterJobTrigger(BaseTrigger):
                 message = "" if info is None else str(info.get("message") or "")
                 yield TriggerEvent({"submission_id": self.submission_id, "status": status, "message": message})
                 return
-            await asyncio.sleep(self.poll_interval_s)
+            await asyncio.sleep(quick_poll(time.monotonic() - start, self.poll_interval_s))
 
     async def on_kill(self) -> None:
         """The user cleared or marked the task: stop its driver job (and with it the job's Ray work)."""

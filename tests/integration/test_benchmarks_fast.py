@@ -19,7 +19,7 @@ from tests.integration.conftest import SharedCluster, subprocess_env
 pytestmark = pytest.mark.integration
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-NAMES = ("cluster", "handoff", "preprocess", "train", "infer", "e2e")
+NAMES = ("cluster", "handoff", "preprocess", "train", "infer", "e2e", "remote")
 
 
 @pytest.mark.timeout(2400)

@@ -215,6 +215,7 @@ def service_connection(shared_cluster: SharedCluster, store_root: str) -> str:
 
     token = read_token(StatePaths(shared_cluster.config.state_dir).token)
     extra = {"mode": "remote", "jobs_url": shared_cluster.endpoint.jobs_url, "store_root": store_root}
+    extra["unsigned_references"] = "accept"  # train_data.json is written by hand, not by an operator
     return json.dumps({"conn_type": "ray_on_spark", "password": token, "extra": extra})
 
 
