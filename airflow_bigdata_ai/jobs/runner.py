@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_bigdata_ai.jobs.client import TERMINAL, JobsClient
 from airflow_bigdata_ai.jobs.entry import entrypoint, outcome_of
-from airflow_bigdata_ai.jobs.request import StageRequest
+from airflow_bigdata_ai.jobs.request import StageRequest, job_file
 
 if TYPE_CHECKING:
     from airflow_bigdata_ai.cluster import AttachedCluster
@@ -84,21 +84,36 @@ class ClusterJobRunner:
         self.client = client
         self.store = store
 
-    def running_job_of(self, task_key: str) -> str | None:
-        """A job of this task instance (any try) that has not ended: the one a retry reconnects to."""
-        for job in self.client.list():
-            metadata = job.get("metadata") or {}
-            if metadata.get(TASK_KEY) == task_key and job.get("status") not in TERMINAL:
-                return str(job.get("submission_id"))
+    def earlier_job_of(self, request: StageRequest) -> tuple[str, str] | None:
+        """(submission id, status) of a job an earlier try of this task instance started that a retry can use.
+
+        A job still running is reconnected to; a job that succeeded with the same request (the same data, code and
+        settings; only the try differs) is used as it is: its result is recorded beside it.
+        """
+        mine = [j for j in self.client.list() if (j.get("metadata") or {}).get(TASK_KEY) == request.task_key]
+        for job in sorted(mine, key=lambda j: int(j.get("start_time") or 0), reverse=True):
+            submission, status = str(job.get("submission_id")), str(job.get("status"))
+            if status not in TERMINAL:
+                return submission, status
+            if status == "SUCCEEDED" and self._same_request(submission, request):
+                return submission, status
         return None
 
+    def _same_request(self, submission: str, request: StageRequest) -> bool:
+        uri = job_file(request.store.root, submission, "request.json")
+        try:
+            earlier = StageRequest.from_json(self.store.read_bytes(uri))
+        except (OSError, ValueError, KeyError):
+            return False
+        return _without_try(earlier.params) == _without_try(request.params) and earlier.stage == request.stage
+
     def submit(self, request: StageRequest) -> str:
-        """Start the driver (or find the one an earlier try of this task started); returns its submission id."""
+        """Start the driver (or use the one an earlier try of this task started); returns its submission id."""
         if request.task_key:
-            running = self.running_job_of(request.task_key)
-            if running is not None:
-                log.info("Reconnecting to the running driver job %s of this task", running)
-                return running
+            earlier = self.earlier_job_of(request)
+            if earlier is not None:
+                log.info("Reconnecting to the driver job %s of this task (%s)", *earlier)
+                return earlier[0]
         existing = self.client.info(request.submission_id)
         if existing is not None:  # this very try submitted already (the task process was restarted)
             return request.submission_id
@@ -152,6 +167,15 @@ class ClusterJobRunner:
         submission = self.submit(request)
         self.wait(submission, log_fn)
         return self.result(request, submission)
+
+
+def _without_try(value: Any) -> Any:
+    """A request's params without what differs between tries of one task (try numbers, the Spark job tag)."""
+    if isinstance(value, dict):
+        return {k: _without_try(v) for k, v in value.items() if k not in ("try_number", "tag")}
+    if isinstance(value, list):
+        return [_without_try(v) for v in value]
+    return value
 
 
 def quick_poll(elapsed_s: float, poll_s: float) -> float:

@@ -108,7 +108,7 @@ with DAG(
 
 # the same training, its driver on the cluster service (a connection with jobs_url): waiting in the triggerer,
 # or in the task with retries
-for dag_id, deferrable, epochs in (("user_train_deferred", True, 40), ("user_train_remote", False, 4)):
+for dag_id, deferrable, epochs in (("user_train_deferred", True, 5000), ("user_train_remote", False, 300)):
     with DAG(
         dag_id,
         schedule=None,
@@ -421,6 +421,13 @@ def test_clearing_a_deferred_training_stops_its_cluster_job(
     assert not left, left
 
 
+def _title(proc: Any) -> str:
+    try:
+        return " ".join(proc.cmdline()).strip()
+    except Exception:  # gone meanwhile
+        return ""
+
+
 def _status_of(shared_cluster: SharedCluster, dag_id: str, submission: str) -> str:
     return str(next(j["status"] for j in _jobs_of(shared_cluster, dag_id) if j["submission_id"] == submission))
 
@@ -449,19 +456,20 @@ def test_a_killed_task_process_is_retried_and_reconnects_to_its_running_cluster_
     ti_id = services.api("GET", f"/dags/{REMOTE_DAG_ID}/dagRuns/{run_id}/taskInstances/train")["id"]
     scheduler = psutil.Process(services.procs["scheduler"].pid)
     task = _wait(
-        lambda: [p for p in scheduler.children(recursive=True) if ti_id in " ".join(p.cmdline())],
+        lambda: [p for p in scheduler.children(recursive=True) if _title(p).startswith("airflow worker -- ")],
         60,
-        "the task process ('airflow worker -- <ti id>')",
+        "the task process (titled 'airflow worker -- <ti id>', under its supervisor)",
     )
+    assert [_title(p) for p in task] == [f"airflow worker -- {ti_id}"], [_title(p) for p in task]
     os.kill(task[0].pid, signal.SIGKILL)  # no on_kill: what an OOM kill or a lost pod does
 
     state = services.wait_for_runs(REMOTE_DAG_ID, [run_id], timeout_s=900)[run_id]
     ti = dict(services.api("GET", f"/dags/{REMOTE_DAG_ID}/dagRuns/{run_id}/taskInstances/train"))
     retry_log = _task_log(services.home, REMOTE_DAG_ID, run_id, ti["try_number"])
     assert state == "success" and ti["try_number"] == 2, (state, ti, retry_log[-3000:])
-    assert "Reconnecting to the running driver job" in retry_log, retry_log[-3000:]
+    assert "Reconnecting to the driver job" in retry_log and "(RUNNING)" in retry_log, retry_log[-3000:]
     jobs = _jobs_of(shared_cluster, REMOTE_DAG_ID)
     assert len(jobs) == 1 and jobs[0]["status"] == "SUCCEEDED", jobs  # one job for both tries
     value = services.api("GET", f"/dags/{REMOTE_DAG_ID}/dagRuns/{run_id}/taskInstances/train/xcomEntries/return_value")
     ref = ModelRef.coerce(json.loads(value["value"]) if isinstance(value["value"], str) else value["value"])
-    assert ref.metrics["epochs"] == 4 and open_store(user_airflow.store_root).exists(ref.weights_uri)
+    assert ref.metrics["epochs"] == 300 and open_store(user_airflow.store_root).exists(ref.weights_uri)
