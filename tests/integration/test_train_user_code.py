@@ -348,10 +348,16 @@ def test_a_task_process_killed_mid_training_is_retried_and_returns_its_model_ref
     assert store.exists(ref.weights_uri)
 
 
-def _task_log(home: str, dag_id: str, run_id: str, attempt: int) -> str:
-    path = os.path.join(home, "logs", f"dag_id={dag_id}", f"run_id={run_id}", "task_id=train", f"attempt={attempt}.log")
-    with open(path, encoding="utf-8", errors="replace") as handle:
-        return handle.read()
+def _task_log(home: str, dag_id: str, run_id: str, attempt: int, trigger: bool = False) -> str:
+    """The attempt's task log; ``trigger``: the logs its triggers wrote (``attempt=N.log.trigger.<id>.log``)."""
+    folder = os.path.join(home, "logs", f"dag_id={dag_id}", f"run_id={run_id}", "task_id=train")
+    names = [n for n in sorted(os.listdir(folder)) if n.startswith(f"attempt={attempt}.log")]
+    names = [n for n in names if (".trigger." in n) == trigger]
+    text = ""
+    for name in names:
+        with open(os.path.join(folder, name), encoding="utf-8", errors="replace") as handle:
+            text += handle.read()
+    return text
 
 
 # -- drivers on the cluster service (issue 14) -------------------------------------------------------------------
@@ -388,48 +394,42 @@ def _first_epoch_done(shared_cluster: SharedCluster, dag_id: str) -> dict[str, A
 def test_clearing_a_deferred_training_stops_its_cluster_job(
     user_airflow: UserAirflow, shared_cluster: SharedCluster, attached: Any
 ) -> None:
+    """Clear the deferred task through the REST API: its trigger's on_kill stops the driver job (try 1). The cleared
+    task runs again (try 2, a new job); marking the run failed stops that one too."""
     from airflow_bigdata_ai.train.core import wait_job_actors_gone
 
     services = user_airflow.services
     services.wait_for_dag(DEFERRED_DAG_ID)
     run_id = str(services.api("POST", f"/dags/{DEFERRED_DAG_ID}/dagRuns", json={"logical_date": None})["dag_run_id"])
+    ti_path = f"/dags/{DEFERRED_DAG_ID}/dagRuns/{run_id}/taskInstances/train"
     job = _wait(lambda: _first_epoch_done(shared_cluster, DEFERRED_DAG_ID), 300, "the deferred training's first epoch")
-    ti = _wait(
-        lambda: (
-            (t := services.api("GET", f"/dags/{DEFERRED_DAG_ID}/dagRuns/{run_id}/taskInstances/train"))["state"]
-            == "deferred"
-            and t
-        ),
-        120,
-        "the task to be deferred",
-    )
-    services.api("PATCH", f"/dags/{DEFERRED_DAG_ID}", json={"is_paused": True})  # the cleared task stays cleared
+    _wait(lambda: services.api("GET", ti_path)["state"] == "deferred", 120, "the task to be deferred")
     services.api(
         "POST",
         f"/dags/{DEFERRED_DAG_ID}/clearTaskInstances",
         json={"dag_run_id": run_id, "task_ids": ["train"], "dry_run": False, "only_failed": False},
     )
-    submission = str(job["submission_id"])
-    stopped = _wait(
-        lambda: _status_of(shared_cluster, DEFERRED_DAG_ID, submission) == "STOPPED",
-        120,
-        f"the driver job {submission} of the cleared task (try {ti['try_number']}) to stop",
+    first = str(job["submission_id"])
+    _wait(
+        lambda: _status_of(shared_cluster, DEFERRED_DAG_ID, first) == "STOPPED", 180, f"the cleared job {first} to stop"
     )
-    assert stopped
     attached.ray()
     left = [a for a in _alive_classes(wait_job_actors_gone(str(job["job_id"]), timeout=60)) if a not in SINGLETONS]
     assert not left, left
 
-
-def _title(proc: Any) -> str:
-    try:
-        return " ".join(proc.cmdline()).strip()
-    except Exception:  # gone meanwhile
-        return ""
-
-
-def _status_of(shared_cluster: SharedCluster, dag_id: str, submission: str) -> str:
-    return str(next(j["status"] for j in _jobs_of(shared_cluster, dag_id) if j["submission_id"] == submission))
+    second = _wait(
+        lambda: [j for j in _jobs_of(shared_cluster, DEFERRED_DAG_ID) if j["submission_id"] != first],
+        300,
+        "the cleared task's next try to submit its job",
+    )[0]["submission_id"]
+    _wait(lambda: services.api("GET", ti_path)["state"] == "deferred", 300, "the next try to be deferred")
+    services.api("PATCH", f"/dags/{DEFERRED_DAG_ID}/dagRuns/{run_id}", json={"state": "failed"})
+    _wait(lambda: _status_of(shared_cluster, DEFERRED_DAG_ID, second) == "STOPPED", 180, f"the job {second} to stop")
+    trigger_log = _task_log(services.home, DEFERRED_DAG_ID, run_id, 1, trigger=True)
+    assert (
+        "Trigger cancelled by user action, invoking on_kill" in trigger_log
+        and f"Stopped the driver job {first}" in trigger_log
+    ), trigger_log[-3000:]
 
 
 # Ray's cluster-wide detached singletons: created by the first job that needs them, shared by all later ones
@@ -473,3 +473,14 @@ def test_a_killed_task_process_is_retried_and_reconnects_to_its_running_cluster_
     value = services.api("GET", f"/dags/{REMOTE_DAG_ID}/dagRuns/{run_id}/taskInstances/train/xcomEntries/return_value")
     ref = ModelRef.coerce(json.loads(value["value"]) if isinstance(value["value"], str) else value["value"])
     assert ref.metrics["epochs"] == 300 and open_store(user_airflow.store_root).exists(ref.weights_uri)
+
+
+def _title(proc: Any) -> str:
+    try:
+        return " ".join(proc.cmdline()).strip()
+    except Exception:  # gone meanwhile
+        return ""
+
+
+def _status_of(shared_cluster: SharedCluster, dag_id: str, submission: str) -> str:
+    return str(next(j["status"] for j in _jobs_of(shared_cluster, dag_id) if j["submission_id"] == submission))
