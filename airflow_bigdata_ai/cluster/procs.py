@@ -9,12 +9,18 @@ the service recorded (checked against their create time, so a recycled PID is ne
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
+import threading
 import time
 from collections.abc import Iterable
 
 import psutil
+
+from airflow_bigdata_ai.cluster.config import StatePaths, read_json, write_json_atomic
+
+log = logging.getLogger("airflow_bigdata_ai.cluster.service")
 
 
 def proc_key(proc: psutil.Process) -> tuple[int, float]:
@@ -95,3 +101,31 @@ def wait_gone(pid: int, create_time: float | None, timeout_s: float) -> bool:
             return True
         time.sleep(0.2)
     return not is_alive(pid, create_time)
+
+
+class PidRecorder(threading.Thread):
+    """Keeps ``pids.json`` current so a crashed service can still be cleaned up by PID."""
+
+    def __init__(self, paths: StatePaths, sid: int) -> None:
+        super().__init__(name="pid-recorder", daemon=True)
+        self.paths, self.sid = paths, sid
+        self.stop_event = threading.Event()
+
+    def record(self) -> None:
+        seen: dict[int, float] = {}
+        for proc in descendants(os.getpid()) + session_members(self.sid, exclude=[os.getpid()]):
+            try:
+                seen[proc.pid] = proc.create_time()
+            except psutil.NoSuchProcess:
+                continue
+        previous = read_json(self.paths.pids) or []
+        for entry in recorded(previous):
+            seen.setdefault(entry.pid, entry.create_time())
+        write_json_atomic(self.paths.pids, [{"pid": p, "create_time": c} for p, c in sorted(seen.items())])
+
+    def run(self) -> None:
+        while not self.stop_event.wait(3.0):
+            try:
+                self.record()
+            except Exception:  # bookkeeping must never kill the service
+                log.debug("pid record failed", exc_info=True)

@@ -161,34 +161,6 @@ def _setup_env(token: str, loopback: bool) -> None:
         os.environ.pop(name, None)
 
 
-class _PidRecorder(threading.Thread):
-    """Keeps ``pids.json`` current so a crashed service can still be cleaned up by PID."""
-
-    def __init__(self, paths: StatePaths, sid: int) -> None:
-        super().__init__(name="pid-recorder", daemon=True)
-        self.paths, self.sid = paths, sid
-        self.stop_event = threading.Event()
-
-    def record(self) -> None:
-        seen: dict[int, float] = {}
-        for proc in procs.descendants(os.getpid()) + procs.session_members(self.sid, exclude=[os.getpid()]):
-            try:
-                seen[proc.pid] = proc.create_time()
-            except psutil.NoSuchProcess:
-                continue
-        previous = read_json(self.paths.pids) or []
-        for entry in procs.recorded(previous):
-            seen.setdefault(entry.pid, entry.create_time())
-        write_json_atomic(self.paths.pids, [{"pid": p, "create_time": c} for p, c in sorted(seen.items())])
-
-    def run(self) -> None:
-        while not self.stop_event.wait(3.0):
-            try:
-                self.record()
-            except Exception:  # bookkeeping must never kill the service
-                log.debug("pid record failed", exc_info=True)
-
-
 def serve(state_dir: str, cluster_id: str) -> int:
     paths = StatePaths(state_dir)
     paths.ensure()
@@ -211,7 +183,7 @@ def serve(state_dir: str, cluster_id: str) -> int:
         log.info("signal %s received: stopping", signum)
         stop_event.set()
 
-    recorder = _PidRecorder(paths, sid)
+    recorder = procs.PidRecorder(paths, sid)
     recorder.start()
 
     if config.master in ("embedded", "", None):

@@ -88,27 +88,13 @@ with DAG(
         seed=3,
     )
 
-with DAG(
-    "user_train_resume",
-    schedule=None,
-    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-    catchup=False,
-    default_args={"retries": 2, "retry_delay": timedelta(seconds=1)},
+# the same training with retries: the task is the driver (resume), or its driver runs on the cluster service (a
+# connection with jobs_url) while the task waits in the triggerer (deferred) or in its own process (remote)
+for dag_id, conn_id, deferrable, epochs in (
+    ("user_train_resume", "ray_on_spark_default", False, 4),
+    ("user_train_deferred", "abai_service", True, 5000),
+    ("user_train_remote", "abai_service", False, 300),
 ):
-    RayTrainOperator(
-        task_id="train",
-        train_data=TRAIN_DATA,
-        model_factory="user_models:make_model",
-        epochs=4,
-        batch_size=32,
-        lr=5e-3,
-        num_workers=2,
-        seed=3,
-    )
-
-# the same training, its driver on the cluster service (a connection with jobs_url): waiting in the triggerer,
-# or in the task with retries
-for dag_id, deferrable, epochs in (("user_train_deferred", True, 5000), ("user_train_remote", False, 300)):
     with DAG(
         dag_id,
         schedule=None,
@@ -125,7 +111,7 @@ for dag_id, deferrable, epochs in (("user_train_deferred", True, 5000), ("user_t
             lr=5e-3,
             num_workers=2,
             seed=3,
-            ray_on_spark_conn_id="abai_service",
+            ray_on_spark_conn_id=conn_id,
             deferrable=deferrable,
         )
 """
