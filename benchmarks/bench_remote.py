@@ -75,8 +75,8 @@ def report(ctx: Any, row: Any) -> dict[str, Any]:
                 "remote: no-op driver end to end (submit, run, result read back)",
                 remote_e2e,
                 "s",
-                sorted(remote_e2e)[reps // 2] / sorted(local_noop)[reps // 2],
-                note="ratio: against in process",
+                sorted(remote_e2e)[reps // 2] / sorted(local_engines)[reps // 2],
+                note="ratio: against the in-process attach of a real stage",
             ),
             row(
                 "remote overhead per task (end to end - in process, pair by pair)",
