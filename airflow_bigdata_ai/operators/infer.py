@@ -1,9 +1,10 @@
 """OpenVINOInferOperator: a thin Airflow face on :func:`airflow_bigdata_ai.infer.run_inference`.
 
-Construction imports neither torch, OpenVINO, Ray nor Spark (DAG parsing stays cheap). ``execute`` resolves
-the stores, attaches to the shared cluster for the chosen engine, runs the core, logs the precision that
-actually ran and returns the predictions ShardSet (whose ``stats`` carry the summary) to XCom; the summary
-also goes to its own XCom key for dashboards.
+Construction imports neither torch, OpenVINO, Ray nor Spark (DAG parsing stays cheap). ``execute`` checks the
+references and options, then runs the stage's driver (:func:`airflow_bigdata_ai.jobs.drivers.run_infer`: the
+engine, the precision that actually ran) in this process or as a job of the cluster service (a connection
+with ``jobs_url``; ``deferrable=True`` waits in the triggerer), and returns the predictions ShardSet (whose
+``stats`` carry the summary) to XCom; the summary also goes to its own XCom key for dashboards.
 """
 
 from __future__ import annotations

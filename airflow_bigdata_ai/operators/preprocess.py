@@ -1,8 +1,10 @@
 """SparkPreprocessOperator: a thin Airflow face on :func:`airflow_bigdata_ai.preprocess.preprocess`.
 
-Construction imports nothing heavy (DAG parsing stays cheap); ``execute`` attaches to the shared
-cluster over Spark Connect, runs the core with a per-task job tag (so ``on_kill`` cancels this task's
-Spark jobs and nothing else), and returns the ShardSet reference to XCom.
+Construction imports nothing heavy (DAG parsing stays cheap). ``execute`` checks the settings, then runs the
+stage's driver (:func:`airflow_bigdata_ai.jobs.drivers.run_preprocess`) with a per-task Spark job tag: in this
+process over Spark Connect (``on_kill`` cancels this task's Spark jobs and nothing else), or as a job of the
+cluster service when the connection has a ``jobs_url`` (``deferrable=True`` waits in the triggerer). Returns
+the ShardSet reference to XCom.
 """
 
 from __future__ import annotations
@@ -16,8 +18,6 @@ from airflow_bigdata_ai.operators.base import SharedClusterOperator
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
-
-    from airflow_bigdata_ai.preprocess.engine import Progress
 
 
 class SparkPreprocessOperator(SharedClusterOperator):
@@ -90,16 +90,6 @@ class SparkPreprocessOperator(SharedClusterOperator):
         self.parallelism = parallelism
         self.max_bad_fraction = max_bad_fraction
         self.progress_interval_s = progress_interval_s
-
-    def _log_progress(self, progress: Progress) -> None:
-        self.log.info(
-            "Progress: %d/%d inputs, %d/%d shards, %.1f rows/s",
-            progress.rows_done,
-            progress.rows_total,
-            progress.shards_done,
-            progress.shards_total,
-            progress.rows_per_s,
-        )
 
     def _settings(self) -> dict[str, Any]:
         """The rendered numeric settings; a value that is not a number fails now, without retries."""

@@ -1,10 +1,13 @@
 """RayTrainOperator: Ray Train (TorchTrainer, DDP over gloo) on the shared cluster, fed from a ShardSet.
 
-Thin by design: the training itself is :func:`airflow_bigdata_ai.train.train`. Construction imports neither
-torch nor Ray. Retries resume: the run handle (the deterministic checkpoint location of this dag/run/task)
-goes to Airflow's task state store through ``ResumableJobMixin``; without a state store (``dag.test()``,
-older setups) ``train()`` still finds the checkpoints at the same deterministic path. Once the task succeeded,
-the run's checkpoint folder is removed (``keep_checkpoints=True`` keeps it).
+Thin by design: the training itself is :func:`airflow_bigdata_ai.train.train`, called by the stage's driver
+(:func:`airflow_bigdata_ai.jobs.drivers.run_train`) in this process, or as a job of the cluster service when the
+connection has a ``jobs_url`` (``deferrable=True`` waits in the triggerer; a retry reconnects to the job of an
+earlier try). Construction imports neither torch nor Ray. Retries resume: the run handle (the deterministic
+checkpoint location of this dag/run/task) goes to Airflow's task state store through ``ResumableJobMixin``;
+without a state store (``dag.test()``, older setups) ``train()`` still finds the checkpoints at the same
+deterministic path. Once the task succeeded, the run's checkpoint folder is removed (``keep_checkpoints=True``
+keeps it).
 """
 
 from __future__ import annotations
