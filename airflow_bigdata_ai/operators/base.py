@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from airflow_bigdata_ai.cluster import AttachedCluster
     from airflow_bigdata_ai.connection import ReferencePolicy
     from airflow_bigdata_ai.hooks.ray_on_spark import RayOnSparkHook
-    from airflow_bigdata_ai.jobs import ClusterJobRunner, StageRequest
+    from airflow_bigdata_ai.jobs import ClusterJobRunner, StageFailed, StageRequest
     from airflow_bigdata_ai.shards import ModelRef, Producer, ShardSet, ShardStore
 
 
@@ -130,9 +130,8 @@ class SharedClusterOperator(BaseOperator):
             runner.wait(self._submission, lambda line: self.log.info("%s", line))
             return runner.result(request, self._submission)
         except StageFailed as exc:
-            if exc.retryable:
-                raise
-            raise AirflowFailException(str(exc)) from exc
+            _fail_unless_retryable(exc)
+            raise
         except ClusterAuthError as exc:
             raise AirflowFailException(str(exc)) from exc
 
@@ -146,9 +145,8 @@ class SharedClusterOperator(BaseOperator):
         try:
             result = self.cluster_runner().result(job_file(self.hook.store_root, submission, "result.json"), submission)
         except StageFailed as exc:
-            if exc.retryable:
-                raise
-            raise AirflowFailException(str(exc)) from exc
+            _fail_unless_retryable(exc)
+            raise
         return self.finish(context, result)
 
     def finish(self, context: Context, result: dict[str, Any]) -> Any:
@@ -283,6 +281,12 @@ class SharedClusterOperator(BaseOperator):
                 event = context["outlet_events"][outlet]
                 event.extra.update({"kind": signed["kind"], "uri": uri, "reference": signed})
         return signed
+
+
+def _fail_unless_retryable(exc: StageFailed) -> None:
+    """A driver error that another try meets again fails the task now, without retries."""
+    if not exc.retryable:
+        raise AirflowFailException(str(exc)) from exc
 
 
 def _check_producer(ref: ShardSet | ModelRef, name: str, source: str, context: Context) -> None:
