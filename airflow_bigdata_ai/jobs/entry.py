@@ -60,10 +60,10 @@ def cluster_here() -> ClusterConfig:
     return ClusterConfig(state_dir=state_dir, mode="remote")
 
 
-def _heartbeat(state_dir: str, stop: threading.Event) -> None:
+def heartbeat(state_dir: str, stop: threading.Event, every_s: float = 30.0) -> None:
     """A running driver is activity: the service's idle timeout must not stop the cluster under it."""
     path = StatePaths(state_dir).last_attach
-    while not stop.wait(30.0):
+    while not stop.wait(every_s):
         try:
             os.utime(path)
         except OSError:
@@ -92,7 +92,7 @@ def main(argv: list[str]) -> int:
 
     cluster = cluster_here()
     stop = threading.Event()
-    threading.Thread(target=_heartbeat, args=(cluster.state_dir, stop), daemon=True).start()
+    threading.Thread(target=heartbeat, args=(cluster.state_dir, stop), daemon=True).start()
     t0 = time.monotonic()
     log.info("driver %s (%s) started on the cluster", request.submission_id, request.stage)
     attached = attach(cluster)

@@ -210,3 +210,22 @@ def test_cluster_status_prints_a_connection_to_paste(tmp_path: Any) -> None:
     settings = ConnectionSettings.from_parts("ray_on_spark_default", conn["host"], conn["password"], conn["extra"])
     assert settings.jobs_url == "http://10.0.0.5:8265" and settings.auth_token == "tok-123"
     assert settings.store_root == "s3://bucket/prefix" and settings.mode == "remote"
+
+
+def test_a_running_driver_counts_as_activity_for_the_idle_timeout(tmp_path: Any) -> None:
+    import os
+    import time
+
+    from airflow_bigdata_ai.cluster.config import StatePaths
+    from airflow_bigdata_ai.jobs.entry import heartbeat
+
+    paths = StatePaths(str(tmp_path))
+    open(paths.last_attach, "w").close()
+    os.utime(paths.last_attach, (1.0, 1.0))  # the last attach long ago
+    stop = threading.Event()
+    beat = threading.Thread(target=heartbeat, args=(str(tmp_path), stop, 0.05))
+    beat.start()
+    time.sleep(0.3)
+    stop.set()
+    beat.join(5)
+    assert os.path.getmtime(paths.last_attach) > time.time() - 60
