@@ -12,15 +12,30 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from airflow_bigdata_ai.jobs.request import StageRequest, decode_callable
 
 if TYPE_CHECKING:
     from airflow_bigdata_ai.cluster import AttachedCluster
+    from airflow_bigdata_ai.shards import ShardStore
 
 Log = Callable[..., None]
-Driver = Callable[[StageRequest, "AttachedCluster | None", Log], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class DriverEnv:
+    """What a driver runs with: the attached cluster (its caller owns it), where its log lines go, and how it
+    opens stores: with the task's credentials in process (the hook's ``store_for``), with the cluster's own
+    credential chain as a job (the request's :class:`~airflow_bigdata_ai.jobs.request.StoreSpec`)."""
+
+    attached: AttachedCluster | None
+    log: Log
+    stores: Callable[[str | None], ShardStore]
+
+
+Driver = Callable[[StageRequest, DriverEnv], dict[str, Any]]
 
 logger = logging.getLogger(__name__)
 
@@ -36,13 +51,13 @@ def _needed(attached: AttachedCluster | None, what: str) -> AttachedCluster:
     return attached
 
 
-def run_noop(request: StageRequest, attached: AttachedCluster | None, log: Log) -> dict[str, Any]:
+def run_noop(request: StageRequest, env: DriverEnv) -> dict[str, Any]:
     """No work: what submitting, starting and collecting a driver costs (the remote-overhead benchmark)."""
-    log("no-op stage %s started", request.submission_id)
+    env.log("no-op stage %s started", request.submission_id)
     return {"reference": {"kind": "noop", "submission_id": request.submission_id}, "started_at": time.time()}
 
 
-def run_preprocess(request: StageRequest, attached: AttachedCluster | None, log: Log) -> dict[str, Any]:
+def run_preprocess(request: StageRequest, env: DriverEnv) -> dict[str, Any]:
     """Spark preprocessing over Spark Connect (:func:`~airflow_bigdata_ai.preprocess.core.run_prepared`)."""
     from airflow_bigdata_ai.lineage import sql_tables, store_dataset, table_dataset
     from airflow_bigdata_ai.preprocess.core import prepare, run_prepared
@@ -50,11 +65,11 @@ def run_preprocess(request: StageRequest, attached: AttachedCluster | None, log:
     from airflow_bigdata_ai.shards import Producer
     from airflow_bigdata_ai.tables.publish import table_location
 
-    p = request.params
-    attached = _needed(attached, "preprocessing")
+    p, log = request.params, env.log
+    attached = _needed(env.attached, "preprocessing")
     spec = coerce_source(p["source"])
     location = p["output_uri"]
-    output_store = request.store.store_for(location)
+    output_store = env.stores(location)
     prepared = prepare(
         spec,
         location,
@@ -62,7 +77,7 @@ def run_preprocess(request: StageRequest, attached: AttachedCluster | None, log:
         transform_kwargs=p.get("transform_kwargs"),
         guards=p.get("guards"),
         output_spec=p.get("output_spec"),
-        source_store=request.store.store_for(spec.uri) if spec.uri else output_store,
+        source_store=env.stores(spec.uri) if spec.uri else output_store,
         output_store=output_store,
         rows_per_shard=int(p["rows_per_shard"]),
         parallelism=p.get("parallelism"),
@@ -107,7 +122,7 @@ def run_preprocess(request: StageRequest, attached: AttachedCluster | None, log:
     return {"reference": shardset.to_dict(), "read": read}
 
 
-def run_train(request: StageRequest, attached: AttachedCluster | None, log: Log) -> dict[str, Any]:
+def run_train(request: StageRequest, env: DriverEnv) -> dict[str, Any]:
     """Ray Train on the shared cluster (:func:`airflow_bigdata_ai.train.train`); returns the ModelRef."""
     from airflow_bigdata_ai.train import RunKey, TrainConfig, train
 
@@ -116,8 +131,8 @@ def run_train(request: StageRequest, attached: AttachedCluster | None, log: Log)
     if settings.get("train_step") is not None:
         step = decode_callable(settings["train_step"])
         settings["train_step"] = step.path if step.path is not None else step.load()
-    store = request.store.store_for(p.get("output_root") or request.store.root)
-    attached = _needed(attached, "training")
+    store = env.stores(p.get("output_root") or request.store.root)
+    attached, log = _needed(env.attached, "training"), env.log
     attached.ray()
     with attached.guard("training"):
         ref = train(
@@ -143,14 +158,14 @@ def run_train(request: StageRequest, attached: AttachedCluster | None, log: Log)
     return {"reference": ref.to_dict()}
 
 
-def run_infer(request: StageRequest, attached: AttachedCluster | None, log: Log) -> dict[str, Any]:
+def run_infer(request: StageRequest, env: DriverEnv) -> dict[str, Any]:
     """OpenVINO inference (:func:`~airflow_bigdata_ai.infer.run_inference`) on Ray or Spark."""
     import contextlib
 
     from airflow_bigdata_ai.infer import InferOptions, run_inference
     from airflow_bigdata_ai.shards import ModelRef, Producer, ShardSet
 
-    p = request.params
+    p, attached, log = request.params, env.attached, env.log
     options = InferOptions(**p["options"]).validate()
     ref, data = ModelRef.coerce(p["model_ref"]), ShardSet.coerce(p["input_data"])
     spark = None
@@ -167,15 +182,14 @@ def run_infer(request: StageRequest, attached: AttachedCluster | None, log: Log)
         options.precision,
         options.engine,
     )
-    store = request.store
     with attached.guard("inference") if attached is not None else contextlib.nullcontext():
         result = run_inference(
             ref,
             data,
             p["output_uri"],
-            model_store=store.store_for(ref.weights_uri),
-            input_store=store.store_for(data.manifest_uri),
-            output_store=store.store_for(p["output_uri"]),
+            model_store=env.stores(ref.weights_uri),
+            input_store=env.stores(data.manifest_uri),
+            output_store=env.stores(p["output_uri"]),
             options=options,
             spark=spark,
             producer=Producer.from_dict(p["producer"]),
@@ -204,6 +218,6 @@ DRIVERS: dict[str, Driver] = {
 }
 
 
-def run_stage(request: StageRequest, attached: AttachedCluster | None, log: Log | None = None) -> dict[str, Any]:
+def run_stage(request: StageRequest, env: DriverEnv) -> dict[str, Any]:
     """Run ``request``'s stage driver here and return what it produced."""
-    return DRIVERS[request.stage](request, attached, log or logger.info)
+    return DRIVERS[request.stage](request, env)

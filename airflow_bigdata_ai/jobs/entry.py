@@ -88,7 +88,7 @@ def main(argv: list[str]) -> int:
     store = spec.store_for(request_uri)
     request = StageRequest.from_json(store.read_bytes(request_uri))
     from airflow_bigdata_ai.cluster import attach
-    from airflow_bigdata_ai.jobs.drivers import run_stage
+    from airflow_bigdata_ai.jobs.drivers import DriverEnv, run_stage
 
     cluster = cluster_here()
     stop = threading.Event()
@@ -98,7 +98,7 @@ def main(argv: list[str]) -> int:
     attached = attach(cluster)
     signal.signal(signal.SIGTERM, lambda _sig, _frame: _stop_in_background(request, attached, store))
     try:
-        result = run_stage(request, attached, log.info)
+        result = run_stage(request, DriverEnv(attached, log.info, spec.store_for))
         record: dict[str, Any] = {"status": "succeeded", "result": result}
     except BaseException as exc:  # recorded for the task, then re-raised for the job's own status
         record = outcome_of(exc)

@@ -59,17 +59,26 @@ def raise_for(record: dict[str, Any], submission_id: str) -> dict[str, Any]:
 
 
 class InProcessRunner:
-    """The driver runs in this process, on ``attached`` (the embedded mode; the caller owns the handle)."""
+    """The driver runs in this process, on ``attached`` (the embedded mode; the caller owns the handle).
 
-    def __init__(self, attached: AttachedCluster | None, log_fn: Callable[..., None] | None = None) -> None:
+    ``stores`` opens stores with this process's credentials (the hook's ``store_for``); default: the request's
+    StoreSpec, which uses this host's own credential chain."""
+
+    def __init__(
+        self,
+        attached: AttachedCluster | None,
+        log_fn: Callable[..., None] | None = None,
+        stores: Callable[[str | None], ShardStore] | None = None,
+    ) -> None:
         self.attached = attached
         self.log_fn = log_fn or log.info
+        self.stores = stores
 
     def run(self, request: StageRequest) -> dict[str, Any]:
-        from airflow_bigdata_ai.jobs.drivers import run_stage
+        from airflow_bigdata_ai.jobs.drivers import DriverEnv, run_stage
 
         try:
-            return run_stage(request, self.attached, self.log_fn)
+            return run_stage(request, DriverEnv(self.attached, self.log_fn, self.stores or request.store.store_for))
         except Exception as exc:
             outcome = outcome_of(exc)
             if outcome["retryable"]:

@@ -117,7 +117,7 @@ class SharedClusterOperator(BaseOperator):
 
         try:
             if not self.remote:
-                return InProcessRunner(attached, self.log.info).run(request)
+                return InProcessRunner(attached, self.log.info, self.hook.store_for).run(request)
             runner = self.cluster_runner()
             self._submission = runner.submit(request)
             push_cluster_links(context, "", self.hook.settings.jobs_url)
