@@ -93,7 +93,7 @@ with DAG(
 for dag_id, conn_id, deferrable, epochs in (
     ("user_train_resume", "ray_on_spark_default", False, 4),
     ("user_train_deferred", "abai_service", True, 5000),
-    ("user_train_remote", "abai_service", False, 300),
+    ("user_train_remote", "abai_service", False, 60),
 ):
     with DAG(
         dag_id,
@@ -458,7 +458,7 @@ def test_a_killed_task_process_is_retried_and_reconnects_to_its_running_cluster_
     assert len(jobs) == 1 and jobs[0]["status"] == "SUCCEEDED", jobs  # one job for both tries
     value = services.api("GET", f"/dags/{REMOTE_DAG_ID}/dagRuns/{run_id}/taskInstances/train/xcomEntries/return_value")
     ref = ModelRef.coerce(json.loads(value["value"]) if isinstance(value["value"], str) else value["value"])
-    assert ref.metrics["epochs"] == 300 and open_store(user_airflow.store_root).exists(ref.weights_uri)
+    assert ref.metrics["epochs"] == 60 and open_store(user_airflow.store_root).exists(ref.weights_uri)
 
 
 def _title(proc: Any) -> str:
