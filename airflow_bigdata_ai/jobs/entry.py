@@ -123,6 +123,9 @@ def _stop_in_background(request: StageRequest, attached: Any, store: Any) -> Non
     def stop() -> None:
         log.info("driver %s: stop requested, ending its work on the cluster", request.submission_id)
         try:
+            # first: until Ray sees the process gone the job still reads RUNNING, and a retry must not reconnect
+            record = {"status": "failed", "error_type": "Stopped", "message": "the job was stopped", "retryable": True}
+            store.write_bytes(request.result_uri, json.dumps(record).encode())
             if "ray" in sys.modules and sys.modules["ray"].is_initialized():
                 from airflow_bigdata_ai.train.core import abort_active_trainings
 
@@ -130,8 +133,6 @@ def _stop_in_background(request: StageRequest, attached: Any, store: Any) -> Non
             tag, spark = request.params.get("tag"), getattr(attached, "_spark", None)
             if tag and spark is not None:
                 spark.interruptTag(tag)
-            record = {"status": "failed", "error_type": "Stopped", "message": "the job was stopped", "retryable": True}
-            store.write_bytes(request.result_uri, json.dumps(record).encode())
         finally:
             logging.shutdown()
             os._exit(143)

@@ -102,11 +102,15 @@ class ClusterJobRunner:
         mine = [j for j in self.client.list() if (j.get("metadata") or {}).get(TASK_KEY) == request.task_key]
         for job in sorted(mine, key=lambda j: int(j.get("start_time") or 0), reverse=True):
             submission, status = str(job.get("submission_id")), str(job.get("status"))
-            if status not in TERMINAL:
+            if status not in TERMINAL and not self._has_result(request, submission):  # not one being stopped
                 return submission, status
             if status == "SUCCEEDED" and self._same_request(submission, request):
                 return submission, status
         return None
+
+    def _has_result(self, request: StageRequest, submission: str) -> bool:
+        """A driver records its end (or, first thing when stopped, that it was stopped) in ``result.json``."""
+        return self.store.exists(job_file(request.store.root, submission, "result.json"))
 
     def _same_request(self, submission: str, request: StageRequest) -> bool:
         uri = job_file(request.store.root, submission, "request.json")

@@ -175,6 +175,10 @@ def test_a_retry_reconnects_to_a_running_job_of_its_task_instead_of_submitting_a
     first = runner.submit(request(1))
     assert runner.submit(request(2)) == first  # still running (PENDING): one job for both tries
     assert len(_FakeJobsAPI.jobs) == 1
+    stopping = open_store(str(tmp_path))  # a stopped driver records it first, while Ray still says RUNNING
+    stopping.write_bytes(request(1).result_uri, b'{"status": "failed", "error_type": "Stopped", "retryable": true}')
+    assert runner.submit(request(2)) == submission_id(prefix, 2)  # not reconnected to a job being stopped
+    del _FakeJobsAPI.jobs[submission_id(prefix, 2)]
     _FakeJobsAPI.jobs[first]["status"] = "FAILED"
     assert runner.submit(request(3)) == submission_id(prefix, 3)  # a failed job is not reused
     _FakeJobsAPI.jobs[submission_id(prefix, 3)]["status"] = "SUCCEEDED"
