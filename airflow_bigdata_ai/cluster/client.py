@@ -323,6 +323,11 @@ class AttachedCluster:
 
         route_ray_logging()
 
+    def interrupt_tag(self, tag: str) -> None:
+        """Interrupt this handle's Spark operations carrying ``tag`` (Spark Connect acts per session)."""
+        if self._spark is not None:
+            self._spark.interruptTag(tag)
+
     def close(self) -> None:
         if self._spark is not None:
             try:

@@ -18,10 +18,14 @@ import threading
 import time
 import traceback
 from dataclasses import asdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow_bigdata_ai.cluster.config import ClusterConfig, StatePaths
 from airflow_bigdata_ai.jobs.request import StageRequest, StoreSpec
+
+if TYPE_CHECKING:
+    from airflow_bigdata_ai.cluster import AttachedCluster
+    from airflow_bigdata_ai.shards import ShardStore
 
 ENV_CLUSTER_STATE_DIR = "AIRFLOW_BIGDATA_AI_CLUSTER_STATE_DIR"
 # errors that a second try meets again: bad settings, code or data (the task fails without retries)
@@ -113,7 +117,7 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def _stop_in_background(request: StageRequest, attached: Any, store: Any) -> None:
+def _stop_in_background(request: StageRequest, attached: AttachedCluster, store: ShardStore) -> None:
     """``ray job stop`` (a cleared task, a trigger's on_kill) sends SIGTERM: end this driver's work, then exit.
 
     In a thread, because the main thread sits in a Ray or Spark call: abort the trainings this driver runs
@@ -130,9 +134,8 @@ def _stop_in_background(request: StageRequest, attached: Any, store: Any) -> Non
                 from airflow_bigdata_ai.train.core import abort_active_trainings
 
                 abort_active_trainings(timeout=20.0)
-            tag, spark = request.params.get("tag"), getattr(attached, "_spark", None)
-            if tag and spark is not None:
-                spark.interruptTag(tag)
+            if request.params.get("tag"):
+                attached.interrupt_tag(request.params["tag"])
         finally:
             logging.shutdown()
             os._exit(143)

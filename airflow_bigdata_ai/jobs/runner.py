@@ -44,7 +44,23 @@ class JobState:
 
     @property
     def done(self) -> bool:
-        return self.status in TERMINAL
+        """Ended, or gone: a cluster restarted since has no record of it."""
+        return self.status in TERMINAL or self.status == "MISSING"
+
+
+def job_state(client: JobsClient, submission_id: str) -> JobState:
+    info = client.info(submission_id)
+    if info is None:
+        return JobState(submission_id, "MISSING", f"the cluster has no job {submission_id} (restarted?)")
+    return JobState(submission_id, str(info.get("status")), str(info.get("message") or ""))
+
+
+def poll_job(client: JobsClient, submission_id: str, offset: int) -> tuple[JobState, list[str], int]:
+    """One look at a job: its state, the log lines after ``offset``, and the new offset (the wait loop and the
+    trigger both poll with it)."""
+    state = job_state(client, submission_id)
+    text = client.logs(submission_id)
+    return state, text[offset:].splitlines(), max(offset, len(text))
 
 
 def raise_for(record: dict[str, Any], submission_id: str) -> dict[str, Any]:
@@ -96,29 +112,33 @@ class ClusterJobRunner:
     def earlier_job_of(self, request: StageRequest) -> tuple[str, str] | None:
         """(submission id, status) of a job an earlier try of this task instance started that a retry can use.
 
-        A job still running is reconnected to; a job that succeeded with the same request (the same data, code and
-        settings; only the try differs) is used as it is: its result is recorded beside it.
+        The driver's own record decides, not Ray's status (a stopped driver records it first, while Ray still
+        reports RUNNING): a job without a record is still working and is reconnected to; one that recorded
+        success for the same request (the same data, code and settings; only the try differs) is used as it is.
         """
         mine = [j for j in self.client.list() if (j.get("metadata") or {}).get(TASK_KEY) == request.task_key]
         for job in sorted(mine, key=lambda j: int(j.get("start_time") or 0), reverse=True):
             submission, status = str(job.get("submission_id")), str(job.get("status"))
-            if status not in TERMINAL and not self._has_result(request, submission):  # not one being stopped
+            record = self._read(job_file(request.store.root, submission, "result.json"))
+            if record is None and status not in TERMINAL:
                 return submission, status
-            if status == "SUCCEEDED" and self._same_request(submission, request):
+            if record is not None and record.get("status") == "succeeded" and self._same_request(submission, request):
                 return submission, status
         return None
 
-    def _has_result(self, request: StageRequest, submission: str) -> bool:
-        """A driver records its end (or, first thing when stopped, that it was stopped) in ``result.json``."""
-        return self.store.exists(job_file(request.store.root, submission, "result.json"))
+    def _read(self, uri: str) -> dict[str, Any] | None:
+        try:
+            return dict(json.loads(self.store.read_bytes(uri))) if self.store.exists(uri) else None
+        except (OSError, ValueError):
+            return None
 
     def _same_request(self, submission: str, request: StageRequest) -> bool:
-        uri = job_file(request.store.root, submission, "request.json")
-        try:
-            earlier = StageRequest.from_json(self.store.read_bytes(uri))
-        except (OSError, ValueError, KeyError):
+        earlier = self._read(job_file(request.store.root, submission, "request.json"))
+        if earlier is None:
             return False
-        return _without_try(earlier.params) == _without_try(request.params) and earlier.stage == request.stage
+        return earlier.get("stage") == request.stage and _without_try(earlier.get("params")) == _without_try(
+            request.params
+        )
 
     def submit(self, request: StageRequest) -> str:
         """Start the driver (or use the one an earlier try of this task started); returns its submission id."""
@@ -135,17 +155,13 @@ class ClusterJobRunner:
         return self.client.submit(entrypoint(request), request.submission_id, metadata=metadata)
 
     def state(self, submission_id: str) -> JobState:
-        info = self.client.info(submission_id)
-        if info is None:
-            return JobState(submission_id, "MISSING", f"the cluster has no job {submission_id} (restarted?)")
-        return JobState(submission_id, str(info.get("status")), str(info.get("message") or ""))
+        return job_state(self.client, submission_id)
 
-    def result(self, request_or_uri: StageRequest | str, submission_id: str) -> dict[str, Any]:
+    def result(self, submission_id: str, store_root: str) -> dict[str, Any]:
         """The reference the driver recorded; a job that ended without a record fails with its log's tail."""
-        uri = request_or_uri.result_uri if isinstance(request_or_uri, StageRequest) else request_or_uri
-        uri = uri.replace(f"/{_submission_of(uri)}/", f"/{submission_id}/")
-        if self.store.exists(uri):
-            return raise_for(json.loads(self.store.read_bytes(uri)), submission_id)
+        record = self._read(job_file(store_root, submission_id, "result.json"))
+        if record is not None:
+            return raise_for(record, submission_id)
         state = self.state(submission_id)
         tail = "\n".join(self.client.logs(submission_id).splitlines()[-20:])
         raise StageFailed(
@@ -163,23 +179,20 @@ class ClusterJobRunner:
     ) -> JobState:
         """Block until the job ends, handing each new line of its log to ``log_fn``."""
         offset, start = 0, time.monotonic()
-        deadline = None if timeout_s is None else start + timeout_s
         while True:
-            state = self.state(submission_id)
-            text = self.client.logs(submission_id)
-            for line in text[offset:].splitlines():
+            state, lines, offset = poll_job(self.client, submission_id, offset)
+            for line in lines:
                 log_fn(line)
-            offset = len(text)
-            if state.done or state.status == "MISSING":
+            if state.done:
                 return state
-            if deadline is not None and time.monotonic() > deadline:
+            if timeout_s is not None and time.monotonic() - start > timeout_s:
                 raise TimeoutError(f"the driver job {submission_id} did not end within {timeout_s} s")
             time.sleep(quick_poll(time.monotonic() - start, poll_s))
 
     def run(self, request: StageRequest, log_fn: Callable[[str], None]) -> dict[str, Any]:
         submission = self.submit(request)
         self.wait(submission, log_fn)
-        return self.result(request, submission)
+        return self.result(submission, request.store.root)
 
 
 def _without_try(value: Any) -> Any:
@@ -194,7 +207,3 @@ def _without_try(value: Any) -> Any:
 def quick_poll(elapsed_s: float, poll_s: float) -> float:
     """Every 0.2 s in a job's first 10 s (a short stage is not made to wait a whole interval), then ``poll_s``."""
     return min(poll_s, 0.2) if elapsed_s < 10.0 else poll_s
-
-
-def _submission_of(uri: str) -> str:
-    return uri.rstrip("/").rsplit("/", 2)[-2]

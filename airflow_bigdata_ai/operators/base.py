@@ -128,7 +128,7 @@ class SharedClusterOperator(BaseOperator):
                 trigger = ClusterJobTrigger(conn_id=self.ray_on_spark_conn_id, submission_id=self._submission)
                 self.defer(trigger=trigger, method_name="execute_complete")
             runner.wait(self._submission, lambda line: self.log.info("%s", line))
-            return runner.result(request, self._submission)
+            return runner.result(self._submission, request.store.root)
         except StageFailed as exc:
             _fail_unless_retryable(exc)
             raise
@@ -138,12 +138,11 @@ class SharedClusterOperator(BaseOperator):
     def execute_complete(self, context: Context, event: dict[str, Any]) -> Any:
         """Back from the trigger: read what the driver recorded and finish like ``execute`` does."""
         from airflow_bigdata_ai.jobs import StageFailed
-        from airflow_bigdata_ai.jobs.request import job_file
 
         self._submission = submission = event["submission_id"]
         self.log.info("Driver job %s ended %s %s", submission, event["status"], event.get("message", ""))
         try:
-            result = self.cluster_runner().result(job_file(self.hook.store_root, submission, "result.json"), submission)
+            result = self.cluster_runner().result(submission, self.hook.store_root)
         except StageFailed as exc:
             _fail_unless_retryable(exc)
             raise

@@ -52,20 +52,18 @@ class ClusterJobTrigger(BaseTrigger):
         return JobsClient(settings.jobs_url, settings.auth_token)
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        from airflow_bigdata_ai.jobs.runner import quick_poll
+        from airflow_bigdata_ai.jobs.runner import poll_job, quick_poll
 
         client = await self._client()
         offset, start = self.log_offset, time.monotonic()
         while True:
-            info = await asyncio.to_thread(client.info, self.submission_id)
-            text = await asyncio.to_thread(client.logs, self.submission_id)
-            for line in text[offset:].splitlines():
+            state, lines, offset = await asyncio.to_thread(poll_job, client, self.submission_id, offset)
+            for line in lines:
                 self.log.info("%s", line)
-            offset = max(offset, len(text))
-            status = "MISSING" if info is None else str(info.get("status"))
-            if status in ("SUCCEEDED", "FAILED", "STOPPED", "MISSING"):
-                message = "" if info is None else str(info.get("message") or "")
-                yield TriggerEvent({"submission_id": self.submission_id, "status": status, "message": message})
+            if state.done:
+                yield TriggerEvent(
+                    {"submission_id": self.submission_id, "status": state.status, "message": state.message}
+                )
                 return
             await asyncio.sleep(quick_poll(time.monotonic() - start, self.poll_interval_s))
 

@@ -347,13 +347,17 @@ def _task_log(home: str, dag_id: str, run_id: str, attempt: int, trigger: bool =
 
 
 # -- drivers on the cluster service (issue 14) -------------------------------------------------------------------
-def _jobs_of(shared_cluster: SharedCluster, dag_id: str) -> list[dict[str, Any]]:
-    """The driver jobs of ``dag_id``'s train task on the cluster (any run, any try)."""
+def _jobs_client(shared_cluster: SharedCluster) -> Any:
     from airflow_bigdata_ai.cluster.config import StatePaths, read_token
     from airflow_bigdata_ai.jobs import JobsClient
 
-    client = JobsClient(shared_cluster.endpoint.jobs_url, read_token(StatePaths(shared_cluster.config.state_dir).token))
-    return [j for j in client.list() if f"abai-{dag_id}_train-" in str(j.get("submission_id"))]
+    return JobsClient(shared_cluster.endpoint.jobs_url, read_token(StatePaths(shared_cluster.config.state_dir).token))
+
+
+def _jobs_of(shared_cluster: SharedCluster, dag_id: str) -> list[dict[str, Any]]:
+    """The driver jobs of ``dag_id``'s train task on the cluster (any run, any try)."""
+    jobs = _jobs_client(shared_cluster).list()
+    return [j for j in jobs if f"abai-{dag_id}_train-" in str(j.get("submission_id"))]
 
 
 def _wait(predicate: Any, timeout_s: float, what: str) -> Any:
@@ -367,10 +371,7 @@ def _wait(predicate: Any, timeout_s: float, what: str) -> Any:
 
 
 def _first_epoch_done(shared_cluster: SharedCluster, dag_id: str) -> dict[str, Any] | None:
-    from airflow_bigdata_ai.cluster.config import StatePaths, read_token
-    from airflow_bigdata_ai.jobs import JobsClient
-
-    client = JobsClient(shared_cluster.endpoint.jobs_url, read_token(StatePaths(shared_cluster.config.state_dir).token))
+    client = _jobs_client(shared_cluster)
     for job in _jobs_of(shared_cluster, dag_id):
         if job.get("status") == "RUNNING" and "epoch 1/" in client.logs(str(job["submission_id"])):
             return job

@@ -181,7 +181,8 @@ def test_a_retry_reconnects_to_a_running_job_of_its_task_instead_of_submitting_a
     del _FakeJobsAPI.jobs[submission_id(prefix, 2)]
     _FakeJobsAPI.jobs[first]["status"] = "FAILED"
     assert runner.submit(request(3)) == submission_id(prefix, 3)  # a failed job is not reused
-    _FakeJobsAPI.jobs[submission_id(prefix, 3)]["status"] = "SUCCEEDED"
+    _FakeJobsAPI.jobs[submission_id(prefix, 3)]["status"] = "SUCCEEDED"  # and its driver recorded the result
+    stopping.write_bytes(request(3).result_uri, b'{"status": "succeeded", "result": {"reference": {}}}')
     assert runner.submit(request(4)) == submission_id(prefix, 3)  # the same request succeeded: its result
     assert len(_FakeJobsAPI.jobs) == 2
 
