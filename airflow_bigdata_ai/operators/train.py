@@ -186,11 +186,9 @@ class RayTrainOperator(ResumableJobMixin, SharedClusterOperator):
 
         Whichever branch the mixin takes (fresh, reconnect, already succeeded), what reaches XCom is signed here.
         """
-        from airflow_bigdata_ai.shards import ModelRef, ShardSet
+        from airflow_bigdata_ai.shards import ModelRef
 
-        self.check_reference(context, "train_data", ShardSet)  # signature, and producer if from XCom
-        if self.validation_data is not None:
-            self.check_reference(context, "validation_data", ShardSet)
+        self._check_inputs(context)
         result = super().execute_resumable(context)
         return self.publish(context, ModelRef.coerce(result))  # signed; also the outlet events' reference
 
@@ -247,8 +245,7 @@ class RayTrainOperator(ResumableJobMixin, SharedClusterOperator):
         from airflow_bigdata_ai.jobs.request import encode_callable
         from airflow_bigdata_ai.train.core import ship_callable, ship_model_factory
 
-        settings = {**self.training, **self.settings}
-        self.train_config()  # validates
+        settings = {**self.training, **self.settings}  # validated by execute (train_config)
         if settings.get("train_step") is not None:
             step = self._shipped.get("train_step") or ship_callable(settings["train_step"], "train_step")
             settings["train_step"] = encode_callable(step)
@@ -266,12 +263,16 @@ class RayTrainOperator(ResumableJobMixin, SharedClusterOperator):
 
     def execute_remote(self, context: Context) -> dict[str, Any]:
         """The driver runs on the cluster service; a deferrable task waits in the triggerer instead."""
+        self._check_inputs(context)
+        return self.finish(context, self.run_driver(context, self.train_request(context)))
+
+    def _check_inputs(self, context: Context) -> None:
+        """The input references' signatures, and their producer when they come from XCom."""
         from airflow_bigdata_ai.shards import ShardSet
 
         self.check_reference(context, "train_data", ShardSet)
         if self.validation_data is not None:
             self.check_reference(context, "validation_data", ShardSet)
-        return self.finish(context, self.run_driver(context, self.train_request(context)))
 
     def finish(self, context: Context, result: dict[str, Any]) -> dict[str, Any]:
         from airflow_bigdata_ai.shards import ModelRef
