@@ -30,6 +30,8 @@ from typing import Any
 
 ENV_STATE_DIR = "AIRFLOW_BIGDATA_AI_STATE_DIR"
 ENV_HOME = "AIRFLOW_BIGDATA_AI_HOME"
+# set by the service for its Ray processes: how a driver job on the cluster finds the cluster it runs on
+ENV_CLUSTER_STATE_DIR = "AIRFLOW_BIGDATA_AI_CLUSTER_STATE_DIR"
 DEFAULT_CLUSTER_NAME = "ray_on_spark_default"
 EXECUTOR_CORES_CONF = "spark.airflow_bigdata_ai.cores"
 """Spark conf with the cores the executors really have. The embedded cluster sets it to this machine's

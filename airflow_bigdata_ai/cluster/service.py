@@ -26,6 +26,7 @@ import psutil
 from airflow_bigdata_ai.cluster import procs
 from airflow_bigdata_ai.cluster.catalog import catalog_conf
 from airflow_bigdata_ai.cluster.config import (
+    ENV_CLUSTER_STATE_DIR,
     EXECUTOR_CORES_CONF,
     ClusterConfig,
     ClusterEndpoint,
@@ -37,7 +38,6 @@ from airflow_bigdata_ai.cluster.config import (
     write_json_atomic,
 )
 from airflow_bigdata_ai.cluster.ray_loopback import dashboard_on, install_ray_shim, pin_node_ip
-from airflow_bigdata_ai.jobs.entry import ENV_CLUSTER_STATE_DIR
 
 log = logging.getLogger("airflow_bigdata_ai.cluster.service")
 

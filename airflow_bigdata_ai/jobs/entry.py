@@ -20,14 +20,13 @@ import traceback
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
-from airflow_bigdata_ai.cluster.config import ClusterConfig, StatePaths
+from airflow_bigdata_ai.cluster.config import ENV_CLUSTER_STATE_DIR, ClusterConfig, StatePaths
 from airflow_bigdata_ai.jobs.request import StageRequest, StoreSpec
 
 if TYPE_CHECKING:
     from airflow_bigdata_ai.cluster import AttachedCluster
     from airflow_bigdata_ai.shards import ShardStore
 
-ENV_CLUSTER_STATE_DIR = "AIRFLOW_BIGDATA_AI_CLUSTER_STATE_DIR"
 # errors that a second try meets again: bad settings, code or data (the task fails without retries)
 NOT_RETRYABLE = frozenset(
     {
