@@ -22,7 +22,15 @@ import pyarrow as pa
 from airflow_bigdata_ai.cluster.admission import admitted
 from airflow_bigdata_ai.infer import ir as irmod
 from airflow_bigdata_ai.infer.errors import InputShapeRejected
-from airflow_bigdata_ai.infer.jobs import ShardJob, output_schema, run_local, run_ray, run_spark, tensor_dtype
+from airflow_bigdata_ai.infer.jobs import (
+    InferenceJob,
+    ShardsDone,
+    output_schema,
+    run_local,
+    run_ray,
+    run_spark,
+    tensor_dtype,
+)
 from airflow_bigdata_ai.infer.model import check_input_shape, model_factory, model_loader, read_verified_weights
 from airflow_bigdata_ai.infer.precision import AUTO, IRBuilder, choose_auto, gate_explicit
 from airflow_bigdata_ai.shards.dataset import ShardInfo, ShardWriter, load_manifest, read_shard
@@ -62,6 +70,7 @@ class InferOptions:
     threads_per_worker: int | None = None
     seed: int = 0
     admission_timeout_s: float = 3600.0
+    progress_interval_s: float = 10.0
 
     def validate(self) -> InferOptions:
         if self.precision != AUTO:
@@ -75,6 +84,8 @@ class InferOptions:
         for name in ("calibration_samples", "holdout_samples", "num_workers"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1")
+        if not self.progress_interval_s > 0:
+            raise ValueError("progress_interval_s must be > 0")
         return self
 
 
@@ -229,7 +240,7 @@ def run_inference(
     probe_classes = _num_classes(handle, shape)
     out_schema = output_schema(probe_classes, label_column is not None)
     writer = ShardWriter(output_store, output_uri)
-    job = ShardJob(
+    job = InferenceJob(
         input_store=input_store,
         input_dataset_uri=data.dataset_uri,
         writer=writer,
@@ -246,25 +257,15 @@ def run_inference(
     items = [{"shard": i, "path": s.path, "rows": s.rows, "sha256": s.sha256} for i, s in enumerate(manifest.shards)]
     say(f"Predicting {data.num_rows} rows in {len(items)} shards with {opts.engine} ({precision_used})")
     t1 = time.monotonic()
+    done = ShardsDone(len(items), data.num_rows, say, opts.progress_interval_s)
     try:
-        if not items:
-            rows: list[dict[str, Any]] = []
-        elif opts.engine == "local":
-            rows = run_local(job, items)
-        elif opts.engine == "ray":
-            actors = max(1, min(opts.num_workers, len(items)))
-            cpus = actors * opts.cpus_per_worker + RAY_DATA_CPUS
-            what = f"inference ({actors} actors x {opts.cpus_per_worker:g} CPUs + data {RAY_DATA_CPUS:g})"
-            label = f"{producer.dag_id}.{producer.task_id} {producer.run_id}" if producer else output_uri
-            with admitted(cpus, label, what, opts.admission_timeout_s, say):
-                rows = run_ray(job, items, actors, opts.cpus_per_worker, cpus)
-        else:
-            if spark is None:
-                raise ValueError("engine='spark' needs a SparkSession (Spark Connect)")
-            rows = run_spark(spark, job, items, opts.num_workers, tag)
+        with job.watch_progress(done, opts.progress_interval_s):
+            rows = _run_engine(job, items, opts, spark, tag, say, producer, output_uri)
     except BaseException:
         writer.abort()
         raise
+    finally:
+        job.remove_progress()
     wall_s = time.monotonic() - t1
     rows.sort(key=lambda r: r["shard"])
     if len(rows) != len(items) or sum(r["rows"] for r in rows) != data.num_rows:
@@ -300,6 +301,34 @@ def run_inference(
     infos = [ShardInfo(path=r["path"], rows=int(r["rows"]), bytes=int(r["bytes"]), sha256=r["sha256"]) for r in rows]
     committed = writer.commit(infos, out_schema, producer, stats=summary)
     return InferResult(committed, summary)
+
+
+def _run_engine(
+    job: InferenceJob,
+    items: list[dict[str, Any]],
+    opts: InferOptions,
+    spark: SparkSession | None,
+    tag: str | None,
+    say: Callable[[str], None],
+    producer: Producer | None,
+    output_uri: str,
+) -> list[dict[str, Any]]:
+    """The per-shard job on the chosen engine; Ray waits for admission first (the CPUs it will hold)."""
+    if not items:
+        return []
+    elif opts.engine == "local":
+        return run_local(job, items)
+    elif opts.engine == "ray":
+        actors = max(1, min(opts.num_workers, len(items)))
+        cpus = actors * opts.cpus_per_worker + RAY_DATA_CPUS
+        what = f"inference ({actors} actors x {opts.cpus_per_worker:g} CPUs + data {RAY_DATA_CPUS:g})"
+        label = f"{producer.dag_id}.{producer.task_id} {producer.run_id}" if producer else output_uri
+        with admitted(cpus, label, what, opts.admission_timeout_s, say):
+            return run_ray(job, items, actors, opts.cpus_per_worker, cpus)
+    else:
+        if spark is None:
+            raise ValueError("engine='spark' needs a SparkSession (Spark Connect)")
+        return run_spark(spark, job, items, opts.num_workers, tag)
 
 
 def _num_classes(handle: irmod.IRHandle, shape: tuple[int, ...]) -> int:

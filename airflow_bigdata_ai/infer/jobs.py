@@ -1,9 +1,10 @@
 """The per-shard inference job and the three engines that run it (Ray Data actors, Spark, in-process).
 
-A :class:`ShardJob` is everything a worker needs and nothing more: stores, the output writer, the IR's
-location and digests, shapes and column names. Workers compile the IR once, read their shards straight
-from the store, predict and write the output shards themselves; only summary rows come back. Workers never
-import the model factory (the IR is built in the task process), so user code need not reach them.
+An :class:`InferenceJob` (a :class:`~airflow_bigdata_ai.shards.job.ShardJob`) is everything a worker needs and
+nothing more: stores, the output writer, the IR's location and digests, shapes and column names. Workers
+compile the IR once, read their shards straight from the store, predict, write the output shards themselves
+and post each finished shard on the progress channel; only summary rows come back. Workers never import the
+model factory (the IR is built by the driver), so user code need not reach them.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import pyarrow as pa
@@ -19,6 +20,7 @@ import pyarrow as pa
 from airflow_bigdata_ai.infer import ir as irmod
 from airflow_bigdata_ai.infer.errors import InputShapeRejected
 from airflow_bigdata_ai.shards.dataset import ShardInfo, ShardWriter, read_shard
+from airflow_bigdata_ai.shards.job import ShardJob, spark_tagged
 from airflow_bigdata_ai.shards.tensors import decode_tensors, encode_tensors, model_input, tensor_field, tensor_spec
 
 if TYPE_CHECKING:
@@ -48,7 +50,7 @@ ITEM_DDL = "shard bigint, path string, rows bigint, sha256 string"
 
 
 @dataclass(frozen=True)
-class ShardJob:
+class InferenceJob(ShardJob):
     """What a worker needs to predict shards: picklable, no data, no model bytes (read from the store)."""
 
     input_store: ShardStore
@@ -63,6 +65,8 @@ class ShardJob:
     request_batch: int | None
     threads: int | None
     output_schema_hex: str
+    summary_schema: ClassVar[pa.Schema] = SUMMARY_SCHEMA
+    summary_ddl: ClassVar[str] = SUMMARY_DDL
 
     @property
     def output_schema(self) -> pa.Schema:
@@ -93,6 +97,7 @@ class ShardJob:
             mask = ~np.isnan(labels.astype(np.float64)) if labels.dtype.kind == "f" else np.ones(len(labels), bool)
             labelled = int(mask.sum())
             correct = int((out.column("predicted").to_numpy()[mask] == labels[mask]).sum())
+        self.post_progress("shard", shard=int(item["shard"]), rows=written.rows)
         return {
             "shard": int(item["shard"]),
             "path": written.path,
@@ -144,6 +149,31 @@ def predictions_table(
     return pa.table(columns, schema=schema)
 
 
+class ShardsDone:
+    """Driver side: the shards the workers posted as written, said at most every ``interval_s`` and when all are.
+
+    A shard posted twice (a retried Spark task, a restarted actor) counts once.
+    """
+
+    def __init__(self, shards: int, rows: int, say: Callable[[str], None], interval_s: float) -> None:
+        self.shards, self.rows, self.say, self.interval_s = shards, rows, say, interval_s
+        self.done: dict[int, int] = {}
+        self.start = self.last = time.monotonic()
+
+    def __call__(self, post: dict[str, Any]) -> None:
+        if post["type"] != "shard":
+            return
+        self.done[int(post["shard"])] = int(post["rows"])
+        now = time.monotonic()
+        if len(self.done) >= self.shards or now - self.last >= self.interval_s:
+            self.last = now
+            rows = sum(self.done.values())
+            rate = rows / (now - self.start) if now > self.start else 0.0
+            self.say(
+                f"inference progress: {len(self.done)}/{self.shards} shards, {rows}/{self.rows} rows, {rate:.1f} rows/s"
+            )
+
+
 # -- engines ---------------------------------------------------------------------------------------------
 def _items_table(items: list[dict[str, Any]]) -> pa.Table:
     return pa.Table.from_pylist(
@@ -152,7 +182,7 @@ def _items_table(items: list[dict[str, Any]]) -> pa.Table:
     )
 
 
-def run_local(job: ShardJob, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def run_local(job: InferenceJob, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """In this process: notebooks, unit tests, and the benchmark's engine-free reference."""
     predictor = job.predictor()
     return [job.process(predictor, item) for item in items]
@@ -161,7 +191,7 @@ def run_local(job: ShardJob, items: list[dict[str, Any]]) -> list[dict[str, Any]
 class _RayShardPredictor:
     """Ray Data actor: compiles once in ``__init__``, then predicts whole shards per call."""
 
-    def __init__(self, job: ShardJob) -> None:
+    def __init__(self, job: InferenceJob) -> None:
         self.job = job
         self.predictor = job.predictor()
 
@@ -171,7 +201,7 @@ class _RayShardPredictor:
 
 
 def run_ray(
-    job: ShardJob, items: list[dict[str, Any]], num_workers: int, cpus_per_worker: float, cpu_limit: float
+    job: InferenceJob, items: list[dict[str, Any]], num_workers: int, cpus_per_worker: float, cpu_limit: float
 ) -> list[dict[str, Any]]:
     """Ray Data ``map_batches`` over an actor pool; one batch is one shard, so memory stays per-shard.
     ``cpu_limit`` caps the whole dataset (actors and input tasks) at the CPUs the job was admitted with."""
@@ -194,7 +224,7 @@ def run_ray(
     return [dict(row) for row in predicted.take_all()]
 
 
-def _spark_partition(job: ShardJob) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+def _spark_partition(job: InferenceJob) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
     def predict_fn(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         items = [row for batch in batches for row in batch.to_pylist()]
         if items:
@@ -206,16 +236,11 @@ def _spark_partition(job: ShardJob) -> Callable[[Iterator[pa.RecordBatch]], Iter
 
 
 def run_spark(
-    spark: SparkSession, job: ShardJob, items: list[dict[str, Any]], num_workers: int, tag: str | None = None
+    spark: SparkSession, job: InferenceJob, items: list[dict[str, Any]], num_workers: int, tag: str | None = None
 ) -> list[dict[str, Any]]:
     """``mapInArrow`` over Spark Connect: ``num_workers`` partitions, each compiling once."""
-    if tag:
-        spark.addTag(tag)
-    try:
+    with spark_tagged(spark, tag):
         frame = spark.createDataFrame(_items_table(items).to_pandas(), ITEM_DDL)
         parts = max(1, min(num_workers, len(items)))
         result = frame.repartition(parts, "shard").mapInArrow(_spark_partition(job), SUMMARY_DDL)
         return [row.asDict() for row in result.collect()]
-    finally:
-        if tag:
-            spark.removeTag(tag)

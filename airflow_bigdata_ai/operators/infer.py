@@ -37,6 +37,7 @@ class OpenVINOInferOperator(SharedClusterOperator):
     :param num_workers: actors (Ray) or partitions (Spark); each compiles the model once.
     :param output_uri: full output location; default ``<output_root>/<dag>/<task>/ds=<logical date>``
         (``run=<run id>`` without a logical date).
+    :param progress_interval_s: how often the task log says how many shards the workers have written.
     """
 
     template_fields: Sequence[str] = (
@@ -71,6 +72,7 @@ class OpenVINOInferOperator(SharedClusterOperator):
         image_column: str = "image",
         id_column: str = "record_id",
         label_column: str = "label",
+        progress_interval_s: float = 10.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -89,6 +91,7 @@ class OpenVINOInferOperator(SharedClusterOperator):
         self.image_column = image_column
         self.id_column = id_column
         self.label_column = label_column
+        self.progress_interval_s = progress_interval_s
         self._ray_attached = False
         self.track_reference_sources("model_ref", "input_data")
 
@@ -114,6 +117,7 @@ class OpenVINOInferOperator(SharedClusterOperator):
                 image_column=self.image_column,
                 id_column=self.id_column,
                 label_column=self.label_column,
+                progress_interval_s=float(self.progress_interval_s),
             ).validate()
         except (InvalidReference, ValueError) as exc:
             raise AirflowFailException(f"invalid inference arguments: {exc}") from exc

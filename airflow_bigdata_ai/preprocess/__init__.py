@@ -14,7 +14,7 @@ from airflow_bigdata_ai.preprocess.errors import (
 from airflow_bigdata_ai.preprocess.images import ImageGuards, ImagePipeline, decode_image, to_tensor
 from airflow_bigdata_ai.preprocess.labels import LabelsFile, parse_labels, read_labels
 from airflow_bigdata_ai.preprocess.plan import normalise_output_spec, plan_job
-from airflow_bigdata_ai.preprocess.process import ShardJob
+from airflow_bigdata_ai.preprocess.process import PreprocessJob
 from airflow_bigdata_ai.preprocess.sources import SourceSpec, list_units
 
 __all__ = [
@@ -24,10 +24,10 @@ __all__ = [
     "ImagePipeline",
     "InconsistentOutput",
     "LabelsFile",
+    "PreprocessJob",
     "Progress",
     "QuarantineRecord",
     "SettingsError",
-    "ShardJob",
     "SourceError",
     "SourceLayoutError",
     "SourceSpec",

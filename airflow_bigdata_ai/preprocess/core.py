@@ -21,7 +21,7 @@ from airflow_bigdata_ai.preprocess.engine import ProgressCallback, log_progress,
 from airflow_bigdata_ai.preprocess.errors import InconsistentOutput, SettingsError, TooManyBadRecords
 from airflow_bigdata_ai.preprocess.images import ImageGuards
 from airflow_bigdata_ai.preprocess.plan import TransformLike, coerce_source, describe_transform, plan_job
-from airflow_bigdata_ai.preprocess.process import ShardJob
+from airflow_bigdata_ai.preprocess.process import PreprocessJob
 from airflow_bigdata_ai.preprocess.sources import SourceSpec
 from airflow_bigdata_ai.shards.dataset import ShardInfo, ShardWriter
 from airflow_bigdata_ai.shards.errors import InvalidReference
@@ -42,7 +42,7 @@ MAX_EXAMPLES = 5
 class PreparedRun:
     """A run checked and resolved on the driver (see :func:`prepare`), ready for :func:`run_prepared`."""
 
-    job: ShardJob
+    job: PreprocessJob
     rows_per_shard: int
     parallelism: int | None
     max_bad_fraction: float
@@ -178,7 +178,7 @@ def cluster_parallelism(spark: SparkSession) -> int | None:
 def _finish(
     writer: ShardWriter,
     spec: SourceSpec,
-    job: ShardJob,
+    job: PreprocessJob,
     rows: list[dict[str, Any]],
     max_bad_fraction: float,
     producer: Producer | None,
@@ -247,7 +247,7 @@ def _common_schema(shard_rows: list[dict[str, Any]]) -> pa.Schema:
     return pa.ipc.read_schema(pa.py_buffer(bytes.fromhex(schemas.pop())))
 
 
-def _code_identity(job: ShardJob) -> dict[str, Any]:
+def _code_identity(job: PreprocessJob) -> dict[str, Any]:
     """What identifies the inputs beyond the source URI: the user code's module hashes, the labels file."""
     found: dict[str, Any] = {}
     if isinstance(job.transform, UserCallable) and job.transform.bundle.modules:

@@ -1,4 +1,4 @@
-"""Engines that run a :class:`ShardJob`: Spark (through Spark Connect) and in-process.
+"""Engines that run a :class:`PreprocessJob`: Spark (through Spark Connect) and in-process.
 
 The Spark plan uses only DataFrame APIs that work over Spark Connect (no SparkContext, no RDDs). With a
 known ``parallelism`` (the cores of the executors) it is one job: ``spark.range(tasks, numPartitions=tasks)``
@@ -7,15 +7,16 @@ and writes them one after the other, returning summary rows and a fingerprint of
 refuses differing listings). One task per shard ran 5 Python workers on 2 cores and spent ~20% more CPU
 (Spark's per-task cost, cache contention) than 2 workers writing 3 shards each; a separate listing job
 cost ~0.15 s of scheduling for ~10 ms of listing (measured). Without ``parallelism``: a listing job stages
-each shard's units in the attempt's staging area, then one task per shard. Tasks report the inputs they
-have done in small progress files that the driver polls, so the task log shows progress while long tasks
-run (Spark returns a task's rows only when it ends).
+each shard's units in the attempt's staging area, then one task per shard. Tasks post the inputs they
+have done on the progress channel every stage uses (:mod:`airflow_bigdata_ai.shards.progress`), which
+the driver tails, so the task log shows progress while long tasks run (Spark returns a task's rows only
+when it ends).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import json
 import logging
 import threading
 import time
@@ -27,12 +28,12 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 
 from airflow_bigdata_ai.preprocess.errors import SourceError, SourceLayoutError
-from airflow_bigdata_ai.preprocess.process import SUMMARY_DDL, SUMMARY_SCHEMA, ShardJob
+from airflow_bigdata_ai.preprocess.process import SUMMARY_DDL, SUMMARY_SCHEMA, PreprocessJob
 from airflow_bigdata_ai.preprocess.sources import units_by_shard
 from airflow_bigdata_ai.shards.arrow_io import parquet_table
-from airflow_bigdata_ai.shards.dataset import ATTEMPTS, encode_parquet
+from airflow_bigdata_ai.shards.dataset import encode_parquet
+from airflow_bigdata_ai.shards.job import spark_tagged
 from airflow_bigdata_ai.shards.paths import StoreURI
-from airflow_bigdata_ai.shards.store import is_temporary
 from airflow_bigdata_ai.usercode import UserCodeError
 
 if TYPE_CHECKING:
@@ -88,7 +89,7 @@ class _Throttle:
 
 
 def run_local(
-    job: ShardJob,
+    job: PreprocessJob,
     rows_per_shard: int,
     parallelism: int = 1,
     progress: ProgressCallback | None = None,
@@ -113,14 +114,9 @@ LISTING_DDL = "inputs long, shards long"
 PROGRESS_WRITE_S = 1.0
 
 
-def staged_units_uri(job: ShardJob, shard: int) -> StoreURI:
+def staged_units_uri(job: PreprocessJob, shard: int) -> StoreURI:
     """Where the listing stages shard ``shard``'s units: beside the attempt's shards, removed after the job."""
     return job.writer.dataset.join(job.writer.shard_path(shard, ".units.parquet"))
-
-
-def progress_prefix(job: ShardJob) -> StoreURI:
-    """Where running tasks leave their progress files (inside the attempt, removed after the job)."""
-    return job.writer.dataset.join(f"{ATTEMPTS}/{job.writer.attempt_id}/progress")
 
 
 def task_shards(task: int, shards: int, tasks: int) -> range:
@@ -128,7 +124,7 @@ def task_shards(task: int, shards: int, tasks: int) -> range:
     return range(task * shards // tasks, (task + 1) * shards // tasks)
 
 
-def stage_units(job: ShardJob, units: pa.Table) -> int:
+def stage_units(job: PreprocessJob, units: pa.Table) -> int:
     """Write each shard's units to its staging file; returns the number of shards."""
     by_shard = units_by_shard(units)
     for shard, rows in by_shard.items():
@@ -138,7 +134,7 @@ def stage_units(job: ShardJob, units: pa.Table) -> int:
 
 
 def _list_partition(
-    job: ShardJob, rows_per_shard: int
+    job: PreprocessJob, rows_per_shard: int
 ) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
     def list_fn(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         seeds = sum(batch.num_rows for batch in batches)
@@ -151,24 +147,20 @@ def _list_partition(
 
 
 class _TaskProgress:
-    """Counts one task's inputs and writes them, with the job's totals, to its progress file at most every second."""
+    """Counts one task's inputs and posts them, with the job's totals, at most every second."""
 
-    def __init__(self, job: ShardJob, task: int, total: int, shards: int) -> None:
-        self.store = job.writer.store
-        self.uri = progress_prefix(job).join(f"task-{task:05d}.json")
-        self.totals = {"total": total, "shards": shards}
+    def __init__(self, job: PreprocessJob, task: int, total: int, shards: int) -> None:
+        self.poster = job.progress_poster("inputs", PROGRESS_WRITE_S)
+        self.task, self.total, self.shards = task, total, shards
         self.inputs = 0
-        self.written = time.monotonic()
 
     def __call__(self) -> None:
         self.inputs += 1
-        if time.monotonic() - self.written >= PROGRESS_WRITE_S:
-            self.store.write_bytes(self.uri, json.dumps({"inputs": self.inputs, **self.totals}).encode())
-            self.written = time.monotonic()
+        self.poster(task=self.task, inputs=self.inputs, total=self.total, shards=self.shards)
 
 
 def _process_partition(
-    job: ShardJob, shards: int, tasks: int, total: int
+    job: PreprocessJob, shards: int, tasks: int, total: int
 ) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
     """Tasks of a listed job: each reads its shards' staged units."""
 
@@ -193,7 +185,7 @@ def _listing_fingerprint(units: pa.Table) -> str:
 
 
 def _list_and_process_partition(
-    job: ShardJob, rows_per_shard: int, tasks: int
+    job: PreprocessJob, rows_per_shard: int, tasks: int
 ) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
     """Tasks of a one-job plan: each lists the source itself and writes its run of the shards.
 
@@ -219,7 +211,7 @@ def _list_and_process_partition(
 
 
 def _run_task(
-    job: ShardJob, progress: _TaskProgress, run: range, units_of: Callable[[int], list[dict[str, Any]]]
+    job: PreprocessJob, progress: _TaskProgress, run: range, units_of: Callable[[int], list[dict[str, Any]]]
 ) -> Iterator[pa.RecordBatch]:
     """Build shard k+1 while a thread writes shard k: the write ends in an fsync that would idle the core."""
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="abai-write") as writer:
@@ -233,22 +225,19 @@ def _run_task(
             yield from pa.Table.from_pylist(pending.result(), schema=SUMMARY_SCHEMA).to_batches()
 
 
-def _poll_progress(
-    job: ShardJob, report: Callable[[dict[str, int]], None], interval_s: float, stop: threading.Event
-) -> None:
-    """Driver side: sum the tasks' progress files every ``interval_s`` until ``stop`` is set."""
-    prefix = progress_prefix(job)
-    while not stop.wait(interval_s):
-        try:
-            uris = [uri for uri in job.writer.store.list(prefix) if not is_temporary(uri)]
-            files = [json.loads(job.writer.store.read_bytes(uri)) for uri in uris]
-        except Exception:  # a file replaced or removed while read: the next poll sees it
-            log.debug("progress poll failed", exc_info=True)
-            continue
-        if files:
-            report(
-                {"running": sum(f["inputs"] for f in files), "total": files[0]["total"], "shards": files[0]["shards"]}
-            )
+class _RunningInputs:
+    """Driver side: the latest input count each running task posted, summed (a post carries a task's total)."""
+
+    def __init__(self, report: Callable[[dict[str, int]], None]) -> None:
+        self.report = report
+        self.by_task: dict[int, int] = {}
+
+    def __call__(self, post: dict[str, Any]) -> None:
+        if post["type"] != "inputs":
+            return
+        task = int(post["task"])
+        self.by_task[task] = max(self.by_task.get(task, 0), int(post["inputs"]))
+        self.report({"running": sum(self.by_task.values()), "total": post["total"], "shards": post["shards"]})
 
 
 _EXECUTOR_ERRORS: dict[str, Callable[[str], Exception]] = {
@@ -270,7 +259,7 @@ def _reraise_executor_error(exc: Exception) -> None:
 
 def run_spark(
     spark: SparkSession,
-    job: ShardJob,
+    job: PreprocessJob,
     rows_per_shard: int,
     *,
     parallelism: int | None = None,
@@ -287,8 +276,6 @@ def run_spark(
         return _run_query(spark, job, rows_per_shard, parallelism, tag, progress)
     start = time.monotonic()
     staged = 0
-    stop = threading.Event()
-    poller: threading.Thread | None = None
     state = {"total": 0, "shards": 0, "running": 0, "rows": 0, "shards_done": 0}  # rows: of finished shards
     throttle = _Throttle(progress, interval_s)
 
@@ -300,61 +287,52 @@ def run_spark(
         done = max(state["running"], state["rows"])
         throttle(Progress(done, state["total"], state["shards_done"], state["shards"], time.monotonic() - start))
 
-    if tag:
-        spark.addTag(tag)
     try:
-        try:
-            if parallelism:
-                tasks = parallelism
-                plan = spark.range(0, tasks, 1, tasks).mapInArrow(
-                    _list_and_process_partition(job, rows_per_shard, tasks), SUMMARY_DDL
-                )
-            else:
-                seed = spark.createDataFrame([(0,)], "seed int")
-                counts = seed.mapInArrow(_list_partition(job, rows_per_shard), LISTING_DDL).collect()[0]
-                staged = tasks = int(counts["shards"])
-                state.update(total=int(counts["inputs"]), shards=staged)
-                log.info("preprocess: %d inputs in %d shards from %s", state["total"], staged, job.source.describe())
-                plan = spark.range(0, tasks, 1, tasks).mapInArrow(
-                    _process_partition(job, staged, tasks, state["total"]), SUMMARY_DDL
-                )
-            if progress is not None:
-                poller = threading.Thread(
-                    target=_poll_progress, args=(job, report, interval_s, stop), name="abai-progress", daemon=True
-                )
-                poller.start()
-            rows: list[dict[str, Any]] = []
-            listings: set[tuple[int, int, str]] = set()
-            for row in plan.toLocalIterator():
-                record = row.asDict()
-                if record["kind"] == "listing":
-                    listings.add((int(record["inputs"]), int(record["shard"]), record["sha256"]))
-                    report({"total": int(record["inputs"]), "shards": int(record["shard"]), "running": 0})
-                    continue
-                rows.append(record)
-                if record["kind"] == "shard":
-                    state["rows"] += int(record["inputs"])
-                    state["shards_done"] += 1
-                    report()
-        except Exception as exc:
-            _reraise_executor_error(exc)
-            raise
+        watch = job.watch_progress(_RunningInputs(report), interval_s) if progress else contextlib.nullcontext()
+        with spark_tagged(spark, tag), watch:
+            try:
+                if parallelism:
+                    tasks = parallelism
+                    plan = spark.range(0, tasks, 1, tasks).mapInArrow(
+                        _list_and_process_partition(job, rows_per_shard, tasks), SUMMARY_DDL
+                    )
+                else:
+                    seed = spark.createDataFrame([(0,)], "seed int")
+                    counts = seed.mapInArrow(_list_partition(job, rows_per_shard), LISTING_DDL).collect()[0]
+                    staged = tasks = int(counts["shards"])
+                    state.update(total=int(counts["inputs"]), shards=staged)
+                    what = job.source.describe()
+                    log.info("preprocess: %d inputs in %d shards from %s", state["total"], staged, what)
+                    plan = spark.range(0, tasks, 1, tasks).mapInArrow(
+                        _process_partition(job, staged, tasks, state["total"]), SUMMARY_DDL
+                    )
+                rows: list[dict[str, Any]] = []
+                listings: set[tuple[int, int, str]] = set()
+                for row in plan.toLocalIterator():
+                    record = row.asDict()
+                    if record["kind"] == "listing":
+                        listings.add((int(record["inputs"]), int(record["shard"]), record["sha256"]))
+                        report({"total": int(record["inputs"]), "shards": int(record["shard"]), "running": 0})
+                        continue
+                    rows.append(record)
+                    if record["kind"] == "shard":
+                        state["rows"] += int(record["inputs"])
+                        state["shards_done"] += 1
+                        report()
+            except Exception as exc:
+                _reraise_executor_error(exc)
+                raise
         if len(listings) > 1:
             raise RuntimeError(
                 f"the source {job.source.describe()} changed while the tasks listed it ({len(listings)} different "
                 "listings); nothing was committed, a retry lists it again"
             )
     finally:
-        stop.set()
-        if poller is not None:
-            poller.join()
         try:  # staging only: the shards and the manifest never reference these files
             job.writer.store.delete([staged_units_uri(job, shard) for shard in range(staged)])
-            job.writer.store.delete_prefix(progress_prefix(job))
         except Exception:  # a leftover staging file is harmless; do not hide the job's own error
             log.warning("could not remove the staged listing of %s", job.writer.dataset, exc_info=True)
-        if tag:
-            spark.removeTag(tag)
+        job.remove_progress()
     log.info(
         "preprocess: %d inputs in %d shards from %s, %d Spark tasks, %.1f s",
         state["total"], state["shards"], job.source.describe(), tasks, time.monotonic() - start,
@@ -364,7 +342,7 @@ def run_spark(
 
 def _run_query(
     spark: SparkSession,
-    job: ShardJob,
+    job: PreprocessJob,
     rows_per_shard: int,
     parallelism: int | None,
     tag: str | None,
@@ -374,17 +352,12 @@ def _run_query(
     from airflow_bigdata_ai.preprocess.query import run_query
 
     start = time.monotonic()
-    if tag:
-        spark.addTag(tag)
-    try:
+    with spark_tagged(spark, tag):
         try:
             rows, total, shards = run_query(spark, job, rows_per_shard, parallelism)
         except Exception as exc:
             _reraise_executor_error(exc)
             raise
-    finally:
-        if tag:
-            spark.removeTag(tag)
     if progress is not None:
         progress(Progress(total, total, shards, shards, time.monotonic() - start))
     return rows

@@ -17,7 +17,7 @@ import numpy as np
 from airflow_bigdata_ai.preprocess.errors import SettingsError
 from airflow_bigdata_ai.preprocess.images import ImageGuards, ImagePipeline
 from airflow_bigdata_ai.preprocess.labels import LabelsFile, read_labels, uses_labels_file
-from airflow_bigdata_ai.preprocess.process import ShardJob, Transform
+from airflow_bigdata_ai.preprocess.process import PreprocessJob, Transform
 from airflow_bigdata_ai.preprocess.sources import SourceSpec
 from airflow_bigdata_ai.shards.dataset import ShardWriter
 from airflow_bigdata_ai.shards.errors import InvalidReference
@@ -121,7 +121,7 @@ def plan_job(
     transform_kwargs: Mapping[str, Any] | None,
     guards: ImageGuards | Mapping[str, Any] | None,
     output_spec: Mapping[str, Any] | None,
-) -> ShardJob:
+) -> PreprocessJob:
     """The job the executors run, checked: raises before any Spark work for anything a retry cannot fix."""
     resolved, kwargs = plan_transform(transform, transform_kwargs)
     try:
@@ -129,7 +129,7 @@ def plan_job(
     except (TypeError, ValueError) as exc:
         raise SettingsError(f"guards {guards!r}: {exc}") from None
     labels: LabelsFile | None = read_labels(spec, source_store) if uses_labels_file(spec) else None
-    return ShardJob(
+    return PreprocessJob(
         source=spec,
         source_store=source_store,
         writer=writer,

@@ -12,7 +12,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pyarrow as pa
@@ -31,6 +31,7 @@ from airflow_bigdata_ai.preprocess.labels import LabelsFile
 from airflow_bigdata_ai.preprocess.sources import SourceSpec, list_units, read_tabular
 from airflow_bigdata_ai.shards.dataset import ShardWriter
 from airflow_bigdata_ai.shards.errors import InvalidReference
+from airflow_bigdata_ai.shards.job import ShardJob
 from airflow_bigdata_ai.shards.store import LocalStore, ShardStore
 from airflow_bigdata_ai.shards.tensors import encode_tensors, tensor_field
 from airflow_bigdata_ai.usercode import UserCallable
@@ -220,8 +221,8 @@ class BuiltShard:
 
 
 @dataclass
-class ShardJob:
-    """Everything an executor needs to process shards. Picklable (stores drop their clients).
+class PreprocessJob(ShardJob):
+    """Everything an executor needs to turn source records into shards. Picklable (stores drop their clients).
 
     Built by :func:`airflow_bigdata_ai.preprocess.plan.plan_job` on the driver: the transform is resolved
     (user code travels inside it, content-hashed), ``transform_kwargs`` are coerced, ``output_spec`` is
@@ -239,6 +240,8 @@ class ShardJob:
     labels: LabelsFile | None = None
     read_ahead: int = 8
     _fn: Callable[..., Any] | None = field(default=None, repr=False)
+    summary_schema: ClassVar[pa.Schema] = SUMMARY_SCHEMA
+    summary_ddl: ClassVar[str] = SUMMARY_DDL
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)

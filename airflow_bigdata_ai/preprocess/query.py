@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from airflow_bigdata_ai.preprocess.errors import QueryError, SourceError
-from airflow_bigdata_ai.preprocess.process import SUMMARY_DDL, SUMMARY_SCHEMA, ShardJob
+from airflow_bigdata_ai.preprocess.process import SUMMARY_DDL, SUMMARY_SCHEMA, PreprocessJob
 from airflow_bigdata_ai.preprocess.sources import SourceSpec, shard_count
 
 if TYPE_CHECKING:
@@ -73,7 +73,7 @@ def with_ids_and_shards(frame: DataFrame, spec: SourceSpec, shards: int) -> Data
 
 
 def rows_by_shard(table: pa.Table) -> Iterator[tuple[int, list[dict[str, Any]]]]:
-    """A partition's rows grouped by shard (ascending), each as units of :meth:`ShardJob.build_shard`.
+    """A partition's rows grouped by shard (ascending), each as units of :meth:`PreprocessJob.build_shard`.
 
     Ids that repeat within a shard (identical rows without an ``id_column``) get ``#1``, ``#2``... in the
     order of their values, so record ids stay unique and the shard's bytes do not depend on arrival order.
@@ -93,7 +93,7 @@ def rows_by_shard(table: pa.Table) -> Iterator[tuple[int, list[dict[str, Any]]]]
         yield int(shard), units
 
 
-def _shard_partition(job: ShardJob) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+def _shard_partition(job: PreprocessJob) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
     def process_fn(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         received = list(batches)
         if not received or not sum(b.num_rows for b in received):
@@ -106,7 +106,7 @@ def _shard_partition(job: ShardJob) -> Callable[[Iterator[pa.RecordBatch]], Iter
 
 
 def run_query(
-    spark: SparkSession, job: ShardJob, rows_per_shard: int, parallelism: int | None = None
+    spark: SparkSession, job: PreprocessJob, rows_per_shard: int, parallelism: int | None = None
 ) -> tuple[list[dict[str, Any]], int, int]:
     """Run a table or SQL source's job; returns (summary rows, input rows, shards)."""
     start = time.monotonic()

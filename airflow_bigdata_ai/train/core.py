@@ -15,7 +15,6 @@ Determinism: see :mod:`airflow_bigdata_ai.train.ingest`.
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import logging
 import re
@@ -36,7 +35,7 @@ from airflow_bigdata_ai.train.events import EventWatcher
 from airflow_bigdata_ai.train.ingest import cached_splits, datasets_for, ingest_config
 from airflow_bigdata_ai.train.loop import LoopSpec, train_loop
 from airflow_bigdata_ai.train.restarts import apply_timeouts, describe_timeouts
-from airflow_bigdata_ai.usercode import CodeBundle, UserCallable, UserCodeError, bundle_for
+from airflow_bigdata_ai.usercode import CodeBundle, UserCallable, UserCodeError
 
 if TYPE_CHECKING:
     from airflow_bigdata_ai.shards.store import ShardStore
@@ -87,21 +86,12 @@ def _prepare_checkpoint_dir(store: ShardStore, run: RunKey, fingerprint: str) ->
 
 
 def ship_callable(target: Any, what: str, check_import: bool = True) -> UserCallable:
-    """Build the UserCallable once, here on the driver (a missing module fails now, naming where it looked).
-
-    A configured callable object (``ExitOnceStep(...)``) travels by value with its state; functions and import
-    paths go through :meth:`UserCallable.of` (``check_import=False``: see there).
-    """
-    if isinstance(target, (str, UserCallable)) or inspect.isroutine(target) or inspect.isclass(target):
-        return UserCallable.of(target, check_import)
-    if not callable(target):
+    """Build the UserCallable once, here on the driver, through the one resolver every stage's user code uses
+    (a missing module fails now, naming where it looked). A configured callable object (``ExitOnceStep(...)``)
+    travels by value with its state."""
+    if not (isinstance(target, (str, UserCallable)) or callable(target)):
         raise UserCodeError(f"{what} must be a 'package.module:function' string or a callable, got {target!r}")
-    import cloudpickle
-
-    kind = type(target)
-    return UserCallable(
-        name=f"{kind.__module__}:{kind.__qualname__}", pickled=cloudpickle.dumps(target), bundle=bundle_for(kind)
-    )
+    return UserCallable.of(target, check_import)
 
 
 def ship_model_factory(target: str | Callable[..., Any] | UserCallable, check_import: bool = True) -> UserCallable:

@@ -24,9 +24,9 @@ import numpy as np
 import pyarrow as pa
 
 from airflow_bigdata_ai.models.loading import build_model
+from airflow_bigdata_ai.shards.progress import post
 from airflow_bigdata_ai.shards.tensors import decode_tensors, model_input
 from airflow_bigdata_ai.train.config import TrainConfig
-from airflow_bigdata_ai.train.events import write_event
 
 if TYPE_CHECKING:
     import torch
@@ -249,7 +249,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
             start_epoch = int(state["epoch"]) + 1
             history = json.loads(state.get("history", "[]"))
     if rank == 0:
-        write_event(
+        post(
             spec.store,
             spec.events_uri,
             "start",
@@ -327,7 +327,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         else:
             ray.train.report(metrics)
         if rank == 0:
-            write_event(spec.store, spec.events_uri, "epoch", **metrics)
+            post(spec.store, spec.events_uri, "epoch", **metrics)
 
 
 def _write_weights(spec: LoopSpec, model: torch.nn.Module) -> dict[str, Any]:

@@ -4,7 +4,7 @@ boto3 talks real HTTP to moto on loopback through ``tests/support/s3faults.py``,
 requests a test arms with a fault. What must hold: transient faults are retried and the result is exact;
 persistent ones fail with :class:`S3Unavailable` naming the object and the endpoint, within the configured
 timeouts; and the preprocessing's reading of source images never turns an S3 fault into a quarantined
-("corrupt") record. No cluster: the executor-side function (``ShardJob.build_shard``) runs in this process.
+("corrupt") record. No cluster: the executor-side function (``PreprocessJob.build_shard``) runs in this process.
 """
 
 from __future__ import annotations

@@ -88,8 +88,22 @@ def test_shape_disagreeing_with_data_rejected(env):
 
 
 def test_f32_matches_torch_eager_one_prediction_per_row(env):
-    store, _root, ref, data = env
-    result = _run(env, "f32", precision="f32")
+    store, root, ref, data = env
+    said: list[str] = []
+    result = run_inference(
+        ref,
+        data,
+        f"file://{root}/out/f32",
+        model_store=store,
+        input_store=store,
+        options=InferOptions(engine="local", precision="f32"),
+        log_fn=said.append,
+    )
+    # workers post each written shard on the progress channel; the driver says so, and removes the posts
+    assert "inference progress: 4/4 shards, 1797/1797 rows" in said[-1], said
+    written = [str(path) for path in (root / "out" / "f32").rglob("*")]
+    assert any(path.endswith(".parquet") for path in written)
+    assert not [path for path in written if "progress" in path], written
     table = read_table(store, result.shardset)
     assert table.num_rows == data.num_rows == 1797
     source = read_table(store, data)

@@ -358,15 +358,13 @@ def test_array_pool_hands_a_written_shards_array_to_the_next_shard():
     assert len(pool.free) == 2
 
 
-def test_running_tasks_report_progress_through_files_the_driver_polls(digits_root, tmp_path, monkeypatch):
-    import threading
-
+def test_running_tasks_post_progress_that_the_driver_tails_and_sums(digits_root, tmp_path, monkeypatch):
     from airflow_bigdata_ai.preprocess import engine
-    from airflow_bigdata_ai.preprocess.process import ShardJob
+    from airflow_bigdata_ai.preprocess.process import PreprocessJob
     from airflow_bigdata_ai.shards.dataset import ShardWriter
 
     out = str(tmp_path / "out")
-    job = ShardJob(SourceSpec(digits_root), LocalStore(digits_root), ShardWriter(open_store(out), out))
+    job = PreprocessJob(SourceSpec(digits_root), LocalStore(digits_root), ShardWriter(open_store(out), out))
     monkeypatch.setattr(engine, "PROGRESS_WRITE_S", 0.0)
     first, second = engine._TaskProgress(job, 0, 240, 4), engine._TaskProgress(job, 1, 240, 4)
     for _ in range(5):
@@ -374,28 +372,26 @@ def test_running_tasks_report_progress_through_files_the_driver_polls(digits_roo
     for _ in range(3):
         second()
     seen: list[dict[str, int]] = []
-    stop = threading.Event()
-
-    def report(update: dict[str, int]) -> None:
-        seen.append(update)
-        stop.set()
-
-    engine._poll_progress(job, report, 0.01, stop)
-    assert seen == [{"running": 8, "total": 240, "shards": 4}]
-    progress_files = job.writer.store.list(engine.progress_prefix(job))
-    assert [uri.path.rsplit("/", 1)[1] for uri in progress_files] == ["task-00000.json", "task-00001.json"]
-    assert all(f"/attempts/{job.writer.attempt_id}/progress/" in uri.path for uri in progress_files)
+    with job.watch_progress(engine._RunningInputs(seen.append), interval_s=60):
+        pass  # leaving the block polls once
+    assert seen[-1] == {"running": 8, "total": 240, "shards": 4}
+    assert len(seen) == 8  # each post handed over once
+    posts = job.writer.store.list(job.progress_prefix)
+    assert len(posts) == 8
+    assert all(f"/attempts/{job.writer.attempt_id}/progress/" in uri.path for uri in posts)
+    job.remove_progress()
+    assert job.writer.store.list(job.progress_prefix) == []
 
 
 def test_each_task_of_the_one_job_plan_lists_the_source_and_writes_its_run_of_shards(digits_root, tmp_path):
     import shutil
 
     from airflow_bigdata_ai.preprocess import engine
-    from airflow_bigdata_ai.preprocess.process import ShardJob
+    from airflow_bigdata_ai.preprocess.process import PreprocessJob
     from airflow_bigdata_ai.shards.dataset import ShardWriter
 
     out = str(tmp_path / "out")
-    job = ShardJob(SourceSpec(digits_root), LocalStore(digits_root), ShardWriter(open_store(out), out))
+    job = PreprocessJob(SourceSpec(digits_root), LocalStore(digits_root), ShardWriter(open_store(out), out))
     task_fn = engine._list_and_process_partition(job, rows_per_shard=64, tasks=2)
     rows = pa.Table.from_batches(list(task_fn(iter([pa.record_batch({"id": [1]})])))).to_pylist()
     listing, shards = rows[0], [r for r in rows if r["kind"] == "shard"]
