@@ -31,7 +31,7 @@ def env(tmp_path_factory):
     return store, root, ref, data
 
 
-def _run(env, name, data=None, **options):
+def _run(env, name, data=None, log_fn=None, **options):
     store, root, ref, default_data = env
     data = data or default_data
     return run_inference(
@@ -41,6 +41,7 @@ def _run(env, name, data=None, **options):
         model_store=store,
         input_store=store,
         options=InferOptions(engine="local", **options),
+        log_fn=log_fn,
     )
 
 
@@ -90,15 +91,7 @@ def test_shape_disagreeing_with_data_rejected(env):
 def test_f32_matches_torch_eager_one_prediction_per_row(env):
     store, root, ref, data = env
     said: list[str] = []
-    result = run_inference(
-        ref,
-        data,
-        f"file://{root}/out/f32",
-        model_store=store,
-        input_store=store,
-        options=InferOptions(engine="local", precision="f32"),
-        log_fn=said.append,
-    )
+    result = _run(env, "f32", precision="f32", log_fn=said.append)
     # workers post each written shard on the progress channel; the driver says so, and removes the posts
     assert "inference progress: 4/4 shards, 1797/1797 rows" in said[-1], said
     written = [str(path) for path in (root / "out" / "f32").rglob("*")]
