@@ -158,9 +158,14 @@ class ClusterJobRunner:
         return job_state(self.client, submission_id)
 
     def result(self, submission_id: str, store_root: str) -> dict[str, Any]:
-        """The reference the driver recorded; a job that ended without a record fails with its log's tail."""
+        """The reference the driver recorded; a job that ended without a record fails with its log's tail.
+
+        Once read, the job's request and record are removed from the store (they are this attempt's alone: a
+        later try submits its own), so ``_jobs/`` holds only jobs whose outcome nobody has read yet.
+        """
         record = self._read(job_file(store_root, submission_id, "result.json"))
         if record is not None:
+            self.forget(submission_id, store_root)
             return raise_for(record, submission_id)
         state = self.state(submission_id)
         tail = "\n".join(self.client.logs(submission_id).splitlines()[-20:])
@@ -170,6 +175,14 @@ class ClusterJobRunner:
             "DriverLost",
             True,
         )
+
+    def forget(self, submission_id: str, store_root: str) -> None:
+        """Remove the job's request and record (best effort: a leftover is only a few KB)."""
+        folder = job_file(store_root, submission_id, "")
+        try:
+            self.store.delete_prefix(self.store.resolve(folder))
+        except Exception:
+            log.warning("could not remove %s", folder, exc_info=True)
 
     def cancel(self, submission_id: str) -> bool:
         return self.client.stop(submission_id)

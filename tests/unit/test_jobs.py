@@ -187,6 +187,25 @@ def test_a_retry_reconnects_to_a_running_job_of_its_task_instead_of_submitting_a
     assert len(_FakeJobsAPI.jobs) == 2
 
 
+def test_a_jobs_request_and_record_are_removed_once_its_outcome_is_read(fake_api: str, tmp_path: Any) -> None:
+    runner = ClusterJobRunner(JobsClient(fake_api, "right"), open_store(str(tmp_path)))
+    store = open_store(str(tmp_path))
+    outcomes = {
+        "ok": b'{"status": "succeeded", "result": {"reference": {"kind": "noop"}}}',
+        "bad": b'{"status": "failed", "error_type": "ValueError", "message": "no", "retryable": false}',
+    }
+    for name, record in outcomes.items():
+        request = StageRequest("noop", f"abai-{name}-try1", StoreSpec(str(tmp_path)), {})
+        runner.submit(request)
+        store.write_bytes(request.result_uri, record)
+        if name == "ok":
+            assert runner.result(request.submission_id, str(tmp_path)) == {"reference": {"kind": "noop"}}
+        else:
+            with pytest.raises(StageFailed, match="ValueError: no"):
+                runner.result(request.submission_id, str(tmp_path))
+    assert not (tmp_path / "_jobs").exists()  # nothing left behind, the folder included
+
+
 def test_the_trigger_serialises_without_the_token_and_polls_quickly_at_first() -> None:
     from airflow_bigdata_ai.jobs.runner import quick_poll
     from airflow_bigdata_ai.triggers.cluster_job import ClusterJobTrigger
