@@ -5,9 +5,9 @@ or a leaked engine in one cannot spoil the next), and reports medians of several
 
 1. cluster     attach to the running shared cluster vs cold-start a fresh Ray-on-Spark cluster (goal >= 30x)
 2. handoff     XCom bytes of a ShardSet for 1..10,000 shards; Ray reading the shards vs a JPEG glue pipeline
-               (goal >= 5x) and vs arrays already in the process (goal: within 2x)
-3. preprocess  SparkPreprocessOperator vs one plain Python process (benchmarks/bench_preprocess.py; goal 1.5x)
-4. train       RayTrainOperator's path vs a plain torch loop, s/epoch (benchmarks/bench_train.py; goal <= 1.3x)
+               (goal >= 6x) and vs arrays already in the process (goal: within 1.2x)
+3. preprocess  SparkPreprocessOperator vs one plain Python process, cold and warm (bench_preprocess.py; 1.4x/1.7x)
+4. train       RayTrainOperator's path vs a plain torch loop, s/epoch (benchmarks/bench_train.py; goal <= 1.15x)
 5. infer       torch eager vs OpenVINO f32/bf16/int8 and the FP32 ceiling (benchmarks/bench_infer.py)
 6. e2e         smart_transportation_cv on the shared cluster vs every task starting its own cluster (>= 1.5x)
 7. backfill    digits_e2e backfilled through the real scheduler at max_active_runs 1 and 3: dates per hour
@@ -354,23 +354,51 @@ def bench_preprocess(ctx: Ctx) -> dict[str, Any]:
 
     # full: photo-sized images with the operator's defaults (512-row shards at most, one task per core), so the
     # task's fixed cost (job start, listing, commit: ~0.3 s warm) does not decide the ratio; fast: tiny, several shards
-    count, size, repeat, rows = ("120", "640x480", "1", "40") if ctx.fast else ("2400", "1024x768", "3", "512")
+    count, size, repeat, rows = ("120", "640x480", "2", "40") if ctx.fast else ("2400", "1024x768", "3", "512")
+    cold_wait = "0" if ctx.fast else "75"  # fast: the first round is not forced cold
     data_dir = os.path.join(ctx.workdir, "preprocess")
     res = bp.main(
-        ["--count", count, "--size", size, "--repeat", repeat, "--rows-per-shard", rows, "--data-dir", data_dir]
+        [
+            "--count",
+            count,
+            "--size",
+            size,
+            "--repeat",
+            repeat,
+            "--rows-per-shard",
+            rows,
+            "--data-dir",
+            data_dir,
+            "--cold-wait-s",
+            cold_wait,
+        ]
     )
     n = res["images"]
+    workers = f"Spark Python workers alive before each round: {res['python_workers_before']}"
     return {
         "rows": [
             row(f"one plain Python process ({n} JPEGs {res['image_size']})", [res["baseline_images_per_s"]], "img/s"),
             row(
-                "SparkPreprocessOperator on the shared cluster",
+                f"SparkPreprocessOperator, cold: first run after {res['cold_wait_s']:g} s idle (fresh Python workers)",
+                [res["cold_images_per_s"]],
+                "img/s",
+                res["cold_ratio"],
+                ">= 1.4x",
+                res["cold_ratio"] >= 1.4,
+                note=f"{workers}; operator wall s per round {res['operator_wall_s']}",
+            ),
+            row(
+                "SparkPreprocessOperator, warm: the next rounds, seconds apart",
                 [res["operator_images_per_s"]],
                 "img/s",
-                res["ratio"],
-                ">= 1.5x",
-                res["ratio"] >= 1.5,
-                note=f"median of {res['rounds']} alternating rounds, ratios {res['ratios']}",
+                res["warm_ratio"],
+                ">= 1.7x",
+                res["warm_ratio"] >= 1.7,
+                note=(
+                    f"median of {len(res['ratios']) - 1 or 1} warm rounds; all rounds' ratios {res['ratios']}; "
+                    f"machine CPU s per round {res['operator_machine_cpu_s']}, executors' shard CPU s "
+                    f"{res['operator_shard_cpu_s']}"
+                ),
             ),
         ],
         "detail": res,
@@ -381,21 +409,25 @@ def bench_preprocess(ctx: Ctx) -> dict[str, Any]:
 def bench_train(ctx: Ctx) -> dict[str, Any]:
     from benchmarks import bench_train as bt
 
-    rows, epochs = ("1500", "3") if ctx.fast else ("8000", "4")
-    res = bt.main(["--rows", rows, "--epochs", epochs, "--state-dir", ctx.state_dir])
+    rows, epochs, rounds = ("1500", "3", "1") if ctx.fast else ("8000", "4", "3")
+    res = bt.main(["--rows", rows, "--epochs", epochs, "--rounds", rounds, "--state-dir", ctx.state_dir])
     steady = f"median of steady epochs 2..{epochs}"
+    pairs = f"median of {res['rounds']} alternating (plain, Ray) pairs, ratios {res['pair_ratios']}"
     one, ddp, bf16 = res["layouts"]["1x2cpu"], res["layouts"]["2x1cpu"], res["layouts"]["1x2cpu-bf16"]
     return {
         "rows": [
-            row(f"plain torch loop, one process, 2 threads ({rows} rows)", [res["plain_s_per_epoch"]], "s/epoch"),
+            row(f"plain torch loop, one process, 2 threads ({rows} rows)", res["plain_rounds"], "s/epoch"),
             row(
                 "RayTrainOperator path, 1 worker x 2 CPUs (Ray Data + TorchTrainer + checkpoints)",
-                [one["s_per_epoch"]],
+                [r["s_per_epoch"] for r in one["rounds"]],
                 "s/epoch",
                 one["ratio"],
                 "<= 1.15x",
                 one["ratio"] <= 1.15,
-                note=f"{steady}; rank 0's steady epoch: {_split(one)}",
+                note=(
+                    f"{steady}; {pairs}; rank 0's steady epoch: {_split(one)}; "
+                    f"Ray nodes alive before/after each round: {[r['ray_nodes'] for r in one['rounds']]}"
+                ),
             ),
             row(
                 "same, its first epoch against the plain loop's steady epoch",

@@ -1,10 +1,13 @@
 """SparkPreprocessOperator images/s against one plain Python process doing the same decode + resize.
 
-Same files, one run, one ratio. The operator's figure is end to end (attach, listing on an executor,
+Same files, one run. The operator's figure is end to end (attach, listing on an executor,
 decode/resize, Parquet shards, commit); the baseline only decodes and resizes in a loop, so the ratio
-shows what the engine costs on top of the parallelism it buys. Goal on 2 cores: ratio >= 1.5.
+shows what the engine costs on top of the parallelism it buys. Rounds alternate (baseline, operator). The
+first round is *cold*, as a daily DAG meets the cluster: it waits ``--cold-wait-s`` first, so that Spark has
+ended its idle Python workers (after 60 s) and the operator's tasks start fresh ones. The later rounds follow
+each other within seconds: *warm* workers. Goals on 2 cores: cold >= 1.4x, warm >= 1.7x.
 
-    python benchmarks/bench_preprocess.py [--count 1500] [--size 1024x768] [--spark hook|local]
+    python benchmarks/bench_preprocess.py [--count 1500] [--size 1024x768] [--repeat 3] [--cold-wait-s 75]
 """
 
 from __future__ import annotations
@@ -51,6 +54,26 @@ def machine_busy_s() -> float:
     except OSError:
         return 0.0
     return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # all but idle and iowait
+
+
+def spark_python_workers() -> int:
+    """Python workers forked by Spark's ``pyspark.daemon`` on this machine (0 once Spark ended idle ones; the
+    Ray worker nodes each hold one for as long as they run)."""
+    cmdlines: dict[int, tuple[int, str]] = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                cmd = handle.read().decode(errors="replace")
+            with open(f"/proc/{pid}/stat") as handle:
+                ppid = int(handle.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        cmdlines[int(pid)] = (ppid, cmd)
+    return sum(
+        1
+        for ppid, cmd in cmdlines.values()
+        if "pyspark.daemon" in cmd and "pyspark.daemon" in cmdlines.get(ppid, (0, ""))[1]
+    )
 
 
 def baseline(paths: list[str]) -> float:
@@ -128,7 +151,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--rows-per-shard", type=int, default=512, help="the operator's default")
     parser.add_argument("--spark", choices=("hook", "local"), default="hook", help="shared cluster or local[2]")
     parser.add_argument("--data-dir", default=os.path.join(tempfile.gettempdir(), "abai-bench-preprocess"))
-    parser.add_argument("--repeat", type=int, default=1, help="alternate rounds; the median ratio is reported")
+    parser.add_argument("--repeat", type=int, default=1, help="alternating rounds: the first cold, the rest warm")
+    parser.add_argument(
+        "--cold-wait-s", type=float, default=75.0, help="idle time before the first round (0: do not force it cold)"
+    )
     parser.add_argument("--json", help="also write the result here")
     args = parser.parse_args(argv)
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
@@ -138,36 +164,56 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     load_before = os.getloadavg()[0]
     output = os.path.join(args.data_dir, "out")
-    rounds = []
+    rounds: list[dict[str, Any]] = []
+    if args.cold_wait_s > 0:
+        time.sleep(args.cold_wait_s)  # Spark ends Python workers idle for 60 s: the first round starts fresh ones
     for _ in range(args.repeat):  # alternate, so both sides see the same background load
         cpu0 = time.process_time()
         base_s = baseline(paths)
         base_cpu = time.process_time() - cpu0
-        busy0 = machine_busy_s()
+        busy0, workers = machine_busy_s(), spark_python_workers()
         op_s, shardset = run_operator(source, output, args.spark, args.rows_per_shard)
         op_busy = machine_busy_s() - busy0
         assert shardset["num_rows"] == len(paths), shardset
-        rounds.append((base_s / op_s, base_s, op_s, base_cpu, shardset, op_busy))
-    ratio, base_s, op_s, base_cpu, shardset, op_busy = sorted(rounds, key=lambda r: r[0])[len(rounds) // 2]
-    engine_cpu = float(shardset["stats"]["shard_cpu_s"])
+        rounds.append(
+            {
+                "ratio": base_s / op_s,
+                "baseline_s": base_s,
+                "operator_s": op_s,
+                "baseline_cpu_s": base_cpu,
+                "operator_shard_cpu_s": float(shardset["stats"]["shard_cpu_s"]),
+                "operator_machine_cpu_s": op_busy,
+                "python_workers_before": workers,
+                "shardset": shardset,
+            }
+        )
+    cold, warm = rounds[0], rounds[1:] or rounds[:1]
+    typical = sorted(warm, key=lambda r: r["ratio"])[len(warm) // 2]
+    shardset = typical["shardset"]
     result = {
         "images": len(paths),
         "image_size": f"{width}x{height}",
         "transform": "decode + RGB + resize 224x224 bilinear + CHW uint8",
         "cpus": os.cpu_count(),
         "rounds": args.repeat,
-        "ratios": [round(r[0], 2) for r in rounds],
-        "baseline_s": round(base_s, 2),
-        "baseline_images_per_s": round(len(paths) / base_s, 1),
-        "operator_s": round(op_s, 2),
-        "operator_images_per_s": round(len(paths) / op_s, 1),
-        "ratio": round(ratio, 2),
+        "cold_wait_s": args.cold_wait_s,
+        "ratios": [round(r["ratio"], 2) for r in rounds],
+        "cold_ratio": round(cold["ratio"], 2),
+        "warm_ratio": round(typical["ratio"], 2),
+        "cold_images_per_s": round(len(paths) / cold["operator_s"], 1),
+        "python_workers_before": [r["python_workers_before"] for r in rounds],
+        "baseline_s": round(typical["baseline_s"], 2),
+        "baseline_images_per_s": round(len(paths) / typical["baseline_s"], 1),
+        "operator_s": round(typical["operator_s"], 2),
+        "operator_images_per_s": round(len(paths) / typical["operator_s"], 1),
+        "ratio": round(typical["ratio"], 2),
         # contention-proof view: CPU seconds per image of the executors' shard work vs the plain loop
-        "baseline_cpu_s": round(base_cpu, 2),
-        "operator_shard_cpu_s": round(engine_cpu, 2),
-        "cpu_overhead": round(engine_cpu / base_cpu, 2),
-        # every process on the machine (executors, JVMs, Ray, this one) while the operator ran
-        "operator_machine_cpu_s": round(op_busy, 2),
+        "baseline_cpu_s": round(typical["baseline_cpu_s"], 2),
+        "operator_shard_cpu_s": [round(r["operator_shard_cpu_s"], 2) for r in rounds],
+        "cpu_overhead": round(typical["operator_shard_cpu_s"] / typical["baseline_cpu_s"], 2),
+        # every process on the machine (executors, JVMs, Ray, this one) while the operator ran, cold then warm
+        "operator_machine_cpu_s": [round(r["operator_machine_cpu_s"], 2) for r in rounds],
+        "operator_wall_s": [round(r["operator_s"], 2) for r in rounds],
         "shards": shardset["num_shards"],
         "parallelism": shardset["stats"].get("parallelism"),  # Spark tasks: one per core of the cluster
         "spark": args.spark,
@@ -176,7 +222,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(json.dumps(result, indent=1))
     print(
         f"operator {result['operator_images_per_s']} img/s vs one process {result['baseline_images_per_s']} img/s: "
-        f"ratio {result['ratio']}x (goal >= 1.5x)"
+        f"warm {result['warm_ratio']}x (goal >= 1.7x), cold {result['cold_ratio']}x (goal >= 1.4x)"
     )
     if args.json:
         with open(args.json, "w") as handle:

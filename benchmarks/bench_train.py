@@ -6,10 +6,13 @@ one after the other: one worker with 2 CPUs (2 intra-op threads, what fits a 2-c
 workers x 1 CPU over gloo (what the operator's default does). The baseline is one process with
 ``torch.set_num_threads(2)`` looping over the same decoded arrays. All include the validation pass.
 Steady-state epochs (the first is excluded: worker start-up, Ray Data materialisation) give the ratios.
-Goal on 2 cores: ratio <= 1.3. A third run, the 1-worker layout with ``precision="bf16"``, gives the bf16
-speedup over f32 (goal >= 1.3x at accuracy within 1 point).
+The plain loop and the 1-worker layout alternate for ``--rounds`` pairs, so background load (a Ray worker
+node starting, another process) hits both alike; the ratio is the median of the pairs' ratios. Goal on 2
+cores: ratio <= 1.15. A third run, the 1-worker layout with ``precision="bf16"``, gives the bf16 speedup over
+f32 (goal >= 1.3x at accuracy within 1 point). Each layout also records the Ray nodes alive before and after
+it (a node that starts during a run competes with it for the same cores).
 
-    python benchmarks/bench_train.py [--rows 12000] [--size 32] [--epochs 4] [--cluster hook|local] [--state-dir D]
+    python benchmarks/bench_train.py [--rows 12000] [--size 32] [--epochs 4] [--rounds 3] [--state-dir D]
 """
 
 from __future__ import annotations
@@ -105,6 +108,12 @@ def distributed(
     return times, ref
 
 
+def alive_nodes() -> int:
+    import ray
+
+    return sum(1 for node in ray.nodes() if node.get("Alive"))
+
+
 def steady_split(splits: list[dict[str, float]]) -> dict[str, float]:
     """Median of each part of rank 0's steady epochs (the first epoch left out, as for the ratios)."""
     steady = [s for s in splits[1:] or splits if s]
@@ -119,6 +128,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--val-fraction", type=float, default=0.1)
+    parser.add_argument("--rounds", type=int, default=3, help="alternating (plain, 1 worker x 2 CPUs) pairs")
     parser.add_argument("--cluster", choices=("hook", "local"), default="hook")
     parser.add_argument("--state-dir", help="attach to the running shared cluster of this state dir (remote mode)")
     args = parser.parse_args(argv)
@@ -138,7 +148,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     base_images = decode_tensors(table["image"], (1, args.size, args.size), "float32").copy()
     base_labels = np.asarray(table["label"].to_numpy(), dtype=np.int64)
 
-    plain = plain_loop(base_images, base_labels, args, kwargs)
     attached = None
     if args.state_dir:
         from airflow_bigdata_ai.cluster import ClusterConfig, attach
@@ -153,30 +162,47 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     else:
         ray.init(num_cpus=4, include_dashboard=False)
     layouts: dict[str, Any] = {}
+    plain_rounds: list[float] = []
+    pairs: list[float] = []
+    one_rounds: list[dict[str, Any]] = []
+
+    def measure(workers: int, cpus: float, precision: str) -> dict[str, Any]:
+        started, nodes_before = time.perf_counter(), alive_nodes()
+        ray_times, ref = distributed(store, shardset, args, kwargs, workers, cpus, precision)
+        return {
+            "workers": workers,
+            "cpus_per_worker": cpus,
+            "precision": precision,
+            "bf16_native": ref.metrics.get("bf16_native"),
+            "s_per_epoch": round(statistics.median(ray_times[1:] or ray_times), 3),
+            "first_epoch_s": round(ray_times[0], 3) if ray_times else None,
+            "wall_s": round(time.perf_counter() - started, 1),
+            "val_accuracy": round(ref.metrics["val_accuracy"], 4),
+            "time_split": steady_split(ref.metrics["time_splits"]),
+            "ray_nodes": [nodes_before, alive_nodes()],
+        }
+
     try:
-        for name, (workers, cpus, precision) in LAYOUTS.items():
-            started = time.perf_counter()
-            ray_times, ref = distributed(store, shardset, args, kwargs, workers, cpus, precision)
-            layouts[name] = {
-                "workers": workers,
-                "cpus_per_worker": cpus,
-                "precision": precision,
-                "bf16_native": ref.metrics.get("bf16_native"),
-                "s_per_epoch": round(statistics.median(ray_times[1:] or ray_times), 3),
-                "first_epoch_s": round(ray_times[0], 3) if ray_times else None,
-                "wall_s": round(time.perf_counter() - started, 1),
-                "val_accuracy": round(ref.metrics["val_accuracy"], 4),
-                "time_split": steady_split(ref.metrics["time_splits"]),
-            }
+        for _ in range(max(1, args.rounds)):  # alternate, so both sides see the same background load
+            plain = plain_loop(base_images, base_labels, args, kwargs)
+            plain_rounds.append(statistics.median(plain[1:] or plain))
+            one_rounds.append(measure(*LAYOUTS["1x2cpu"]))
+            pairs.append(one_rounds[-1]["s_per_epoch"] / plain_rounds[-1])
+        for name in ("2x1cpu", "1x2cpu-bf16"):
+            layouts[name] = measure(*LAYOUTS[name])
     finally:
         if attached is not None:
             attached.close()
         else:
             ray.shutdown()
 
-    steady_plain = statistics.median(plain[1:] or plain)
+    steady_plain = statistics.median(plain_rounds)
+    median_round = sorted(range(len(pairs)), key=pairs.__getitem__)[len(pairs) // 2]
+    layouts["1x2cpu"] = dict(one_rounds[median_round], rounds=one_rounds)
+    layouts["1x2cpu"]["s_per_epoch"] = round(statistics.median(r["s_per_epoch"] for r in one_rounds), 3)
     for layout in layouts.values():
         layout["ratio"] = round(layout["s_per_epoch"] / steady_plain, 3)
+    layouts["1x2cpu"]["ratio"] = round(statistics.median(pairs), 3)  # pair by pair, like the rounds ran
     bf16, f32 = layouts["1x2cpu-bf16"], layouts["1x2cpu"]
     bf16["speedup_vs_f32"] = round(f32["s_per_epoch"] / bf16["s_per_epoch"], 3)
     bf16["accuracy_points_vs_f32"] = round((bf16["val_accuracy"] - f32["val_accuracy"]) * 100, 2)
@@ -184,9 +210,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "rows": args.rows,
         "image": f"1x{args.size}x{args.size}",
         "epochs": args.epochs,
+        "rounds": len(pairs),
         "plain_s_per_epoch": round(steady_plain, 3),
+        "plain_rounds": [round(v, 3) for v in plain_rounds],
+        "pair_ratios": [round(v, 3) for v in pairs],
         "layouts": layouts,
-        "goal": "<= 1.3",
+        "goal": "<= 1.15",
     }
     print(json.dumps(result, indent=1))
     return result
