@@ -140,9 +140,12 @@ class ClusterJobRunner:
             request.params
         )
 
-    def submit(self, request: StageRequest) -> str:
-        """Start the driver (or use the one an earlier try of this task started); returns its submission id."""
-        if request.task_key:
+    def submit(self, request: StageRequest, reconnect: bool = True) -> str:
+        """Start the driver (or use the one an earlier try of this task started); returns its submission id.
+
+        ``reconnect=False``: always this try's own job (the earlier try's job it reconnected to was stopped).
+        """
+        if request.task_key and reconnect:
             earlier = self.earlier_job_of(request)
             if earlier is not None:
                 log.info("Reconnecting to the driver job %s of this task (%s)", *earlier)

@@ -48,6 +48,7 @@ class SharedClusterOperator(BaseOperator):
         self.output_root = output_root
         self.deferrable = deferrable  # only with a cluster service (a connection with jobs_url)
         self._submission: str | None = None  # the driver job this attempt runs on the cluster service
+        self._own_job_only = False  # set once a job of an earlier try that this try reconnected to was stopped
         self._spark: Any = None  # the Spark Connect session while execute runs (for on_kill)
         self._tag: str | None = None  # this attempt's Spark job tag
         self._lineage: dict[str, list[dict[str, Any]]] = {"inputs": [], "outputs": []}  # for OpenLineage
@@ -119,7 +120,7 @@ class SharedClusterOperator(BaseOperator):
             if not self.remote:
                 return InProcessRunner(attached, self.log.info, self.hook.store_for).run(request)
             runner = self.cluster_runner()
-            self._submission = runner.submit(request)
+            self._submission = runner.submit(request, reconnect=not self._own_job_only)
             push_cluster_links(context, "", self.hook.settings.jobs_url)
             self.log.info("Driver job %s submitted to %s", self._submission, self.hook.settings.jobs_url)
             if self.deferrable:
@@ -130,6 +131,8 @@ class SharedClusterOperator(BaseOperator):
             runner.wait(self._submission, lambda line: self.log.info("%s", line))
             return runner.result(self._submission, request.store.root)
         except StageFailed as exc:
+            if self._earlier_job_was_stopped(exc, context):
+                return self.run_driver(context, request, attached)
             _fail_unless_retryable(exc)
             raise
         except ClusterAuthError as exc:
@@ -144,9 +147,22 @@ class SharedClusterOperator(BaseOperator):
         try:
             result = self.cluster_runner().result(submission, self.hook.store_root)
         except StageFailed as exc:
+            if self._earlier_job_was_stopped(exc, context):
+                return self.execute(context)
             _fail_unless_retryable(exc)
             raise
         return self.finish(context, result)
+
+    def _earlier_job_was_stopped(self, exc: StageFailed, context: Context) -> bool:
+        """Whether the job this try reconnected to, an earlier try's, was stopped by someone else: a task cleared
+        while deferred starts its next try before the triggerer's ``on_kill`` stops the old job. Then this try runs
+        a job of its own instead of failing (once: ``_own_job_only``)."""
+        own = f"-try{context['ti'].try_number}"
+        if exc.error_type != "Stopped" or self._own_job_only or not self._submission or self._submission.endswith(own):
+            return False
+        self.log.info("The driver job %s of an earlier try was stopped; this try runs its own", self._submission)
+        self._own_job_only = True
+        return True
 
     def finish(self, context: Context, result: dict[str, Any]) -> Any:
         """Turn the driver's reference into this task's return value (each operator logs and publishes)."""

@@ -253,3 +253,33 @@ def test_a_running_driver_counts_as_activity_for_the_idle_timeout(tmp_path: Any)
     stop.set()
     beat.join(5)
     assert os.path.getmtime(paths.last_attach) > time.time() - 60
+
+
+def test_a_try_whose_reconnected_job_was_stopped_by_someone_else_runs_its_own(fake_api: str, tmp_path: Any) -> None:
+    """A task cleared while deferred starts its next try before the triggerer's on_kill stops the old job: that
+    try reconnects, sees the job stopped, and must then run a job of its own rather than fail."""
+    from types import SimpleNamespace
+
+    from airflow_bigdata_ai.operators.train import RayTrainOperator
+
+    runner = ClusterJobRunner(JobsClient(fake_api, "right"), open_store(str(tmp_path)))
+    prefix = submission_prefix("dag", "train", "run")
+
+    def request(try_number: int) -> StageRequest:
+        return StageRequest("noop", submission_id(prefix, try_number), StoreSpec(str(tmp_path)), {}, task_key=prefix)
+
+    first = runner.submit(request(1))
+    assert runner.submit(request(2)) == first  # the race: try 2 reconnects to try 1's job
+    assert runner.submit(request(2), reconnect=False) == submission_id(prefix, 2)
+
+    op = RayTrainOperator(task_id="train", train_data={}, model_factory="pkg.mod:make")
+    context: Any = {"ti": SimpleNamespace(try_number=2)}
+    stopped = StageFailed("the job was stopped", "Stopped", True)
+    op._submission = first
+    assert op._earlier_job_was_stopped(stopped, context) and op._own_job_only  # runs its own job next
+    assert not op._earlier_job_was_stopped(stopped, context)  # only once
+    other = RayTrainOperator(task_id="train", train_data={}, model_factory="pkg.mod:make")
+    other._submission = submission_id(prefix, 2)  # its own job stopped (on_kill of this try): a real failure
+    assert not other._earlier_job_was_stopped(stopped, context)
+    other._submission = first
+    assert not other._earlier_job_was_stopped(StageFailed("boom", "ValueError", False), context)
