@@ -63,6 +63,11 @@ def submission_id(prefix: str, try_number: int | None) -> str:
     return f"{prefix}-try{try_number or 0}"
 
 
+def is_of_try(submission: str, try_number: int | None) -> bool:
+    """Whether ``submission`` is the id :func:`submission_id` gives the attempt ``try_number``."""
+    return submission.endswith(f"-try{try_number or 0}")
+
+
 @dataclass(frozen=True)
 class StageRequest:
     """One stage's driver call: ``stage``, its JSON ``params``, the store, and who asked (``submission_id``)."""

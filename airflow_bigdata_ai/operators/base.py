@@ -157,8 +157,12 @@ class SharedClusterOperator(BaseOperator):
         """Whether the job this try reconnected to, an earlier try's, was stopped by someone else: a task cleared
         while deferred starts its next try before the triggerer's ``on_kill`` stops the old job. Then this try runs
         a job of its own instead of failing (once: ``_own_job_only``)."""
-        own = f"-try{context['ti'].try_number}"
-        if exc.error_type != "Stopped" or self._own_job_only or not self._submission or self._submission.endswith(own):
+        from airflow_bigdata_ai.jobs.request import is_of_try
+
+        submission = self._submission
+        if exc.error_type != "Stopped" or self._own_job_only or not submission:
+            return False
+        if is_of_try(submission, context["ti"].try_number):
             return False
         self.log.info("The driver job %s of an earlier try was stopped; this try runs its own", self._submission)
         self._own_job_only = True
