@@ -30,7 +30,7 @@ from airflow_bigdata_ai.cluster import (
     ensure_cluster,
     stop_cluster,
 )
-from airflow_bigdata_ai.cluster.config import StatePaths, read_json
+from airflow_bigdata_ai.cluster.config import StatePaths, read_json, read_token
 
 REUSE_ENV = "AIRFLOW_BIGDATA_AI_TEST_STATE_DIR"
 
@@ -99,6 +99,32 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     env["NO_PROXY"] = env["no_proxy"] = "localhost,127.0.0.1"
     env.update(extra)
     return env
+
+
+def stop_leftover_jobs(endpoint: ClusterEndpoint, state_dir: str, prefix: str, timeout_s: float = 90.0) -> list[str]:
+    """Stop every driver job on the cluster service whose submission id starts with ``prefix`` and is not over yet,
+    and wait until they ended: a test that failed half-way must not leave a long training holding the cluster's
+    CPUs for the tests after it. Returns the ids it stopped."""
+    from airflow_bigdata_ai.jobs import JobsClient
+
+    client = JobsClient(endpoint.jobs_url, read_token(StatePaths(state_dir).token))
+
+    def active() -> list[str]:
+        return [
+            str(job["submission_id"])
+            for job in client.list()
+            if str(job.get("submission_id")).startswith(prefix) and job.get("status") in ("PENDING", "RUNNING")
+        ]
+
+    stopped = active()
+    for submission in stopped:
+        client.stop(submission)
+    deadline = time.monotonic() + timeout_s
+    while active() and time.monotonic() < deadline:
+        time.sleep(1.0)
+    left = active()
+    assert not left, f"driver jobs still running {timeout_s} s after being stopped: {left}"
+    return stopped
 
 
 # -- fixtures -----------------------------------------------------------------------------------------

@@ -81,7 +81,7 @@ def _ray_metadata(attached: Any) -> str:
         for rows in (
             state.list_jobs(address=dashboard, detail=True, limit=10_000),
             state.list_actors(address=dashboard, detail=True, limit=10_000),
-            state.list_tasks(address=dashboard, detail=True, limit=10_000),
+            state.list_tasks(address=dashboard, detail=True, limit=10_000, raise_on_missing_output=False),
             state.list_placement_groups(address=dashboard, detail=True, limit=10_000),
         )
     ]
