@@ -47,7 +47,7 @@ class ShardJob:
         return ThrottledPoster(self.writer.store, self.progress_prefix, kind, interval_s)
 
     def watch_progress(self, handle: Callable[[Post], None], interval_s: float) -> ProgressWatcher:
-        return ProgressWatcher(self.writer.store, self.progress_prefix, handle, interval_s)
+        return ProgressWatcher(self.writer.store, self.progress_prefix, handle, interval_s, consume=True)
 
     def remove_progress(self) -> None:
         """Best effort: the manifest never references progress posts, a leftover one is harmless."""

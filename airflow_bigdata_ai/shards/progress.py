@@ -64,7 +64,9 @@ class ProgressWatcher:
     """Tails the posts under ``prefix`` in a thread and hands each new one to ``handle`` once, oldest first.
 
     Leaving the ``with`` block stops the thread and polls once more, so the last posts are never missed. A
-    failed poll (a flaky listing) is retried at the next interval: progress must never fail the job.
+    failed poll (a flaky listing) is retried at the next interval: progress must never fail the job. With
+    ``consume``, the watcher is the posts' only reader and deletes them once handled, so every poll lists only
+    what came since the last one (a long job posts thousands; listing them all each second grew without bound).
     """
 
     def __init__(
@@ -74,8 +76,10 @@ class ProgressWatcher:
         handle: Callable[[Post], None],
         interval_s: float = 1.0,
         name: str = "abai-progress",
+        consume: bool = False,
     ) -> None:
         self.store, self.prefix, self.handle, self.interval_s = store, store.resolve(prefix), handle, interval_s
+        self.consume = consume
         self.seen: set[str] = set()
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -102,6 +106,10 @@ class ProgressWatcher:
 
     def poll(self) -> None:
         with self._lock:  # the thread's last poll and the final one must not hand a post over twice
+            handled = []
             for uri, body in read_posts(self.store, self.prefix, skip=self.seen):
                 self.seen.add(uri.name)
                 self.handle(body)
+                handled.append(uri)
+            if self.consume and handled:
+                self.store.delete(handled)  # a failed delete only leaves them for the next listing to skip

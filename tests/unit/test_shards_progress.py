@@ -25,6 +25,23 @@ def test_the_watcher_hands_each_post_over_once_in_the_order_they_were_made(tmp_p
     assert seen == list(range(20))
 
 
+def test_a_consuming_watcher_deletes_what_it_handled_so_each_poll_lists_only_new_posts(tmp_path: Any) -> None:
+    store = open_store(str(tmp_path))
+    prefix = f"{tmp_path}/progress"
+    listed: list[int] = []
+    real_list = store.list
+    store.list = lambda uri: listed.append(len(real_list(uri))) or real_list(uri)  # type: ignore[method-assign]
+    seen: list[int] = []
+    watcher = ProgressWatcher(store, prefix, lambda body: seen.append(body["n"]), consume=True)
+    for batch in range(5):
+        for n in range(10):
+            post(store, prefix, "step", n=batch * 10 + n)
+        watcher.poll()
+    assert seen == list(range(50))
+    assert listed == [10] * 5, listed  # without consume: 10, 20, 30, 40, 50
+    assert real_list(store.resolve(prefix)) == []
+
+
 def test_a_post_still_being_written_is_skipped_until_it_is_renamed(tmp_path: Any) -> None:
     store = open_store(str(tmp_path))
     prefix = store.resolve(f"{tmp_path}/progress")
@@ -80,5 +97,6 @@ def test_both_stages_shard_jobs_post_inside_their_attempt_and_remove_it(stage: s
     job.post_progress("shard", shard=0, rows=5)
     posts = writer.store.list(job.progress_prefix)
     assert len(posts) == 1 and f"/attempts/{writer.attempt_id}/progress/" in posts[0].path
+    assert job.watch_progress(lambda body: None, 1.0).consume  # the stage's driver is the posts' only reader
     job.remove_progress()
     assert writer.store.list(job.progress_prefix) == []
