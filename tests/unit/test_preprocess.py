@@ -371,15 +371,16 @@ def test_running_tasks_post_progress_that_the_driver_tails_and_sums(digits_root,
         first()
     for _ in range(3):
         second()
+    posts = job.writer.store.list(job.progress_prefix)
+    assert len(posts) == 8
+    assert all(f"/attempts/{job.writer.attempt_id}/progress/" in uri.path for uri in posts)
     seen: list[dict[str, int]] = []
     with job.watch_progress(engine._RunningInputs(seen.append), interval_s=60):
         pass  # leaving the block polls once
     assert seen[-1] == {"running": 8, "total": 240, "shards": 4}
     assert len(seen) == 8  # each post handed over once
-    posts = job.writer.store.list(job.progress_prefix)
-    assert len(posts) == 8
-    assert all(f"/attempts/{job.writer.attempt_id}/progress/" in uri.path for uri in posts)
-    job.remove_progress()
+    assert job.writer.store.list(job.progress_prefix) == []  # the driver consumed them
+    job.remove_progress()  # nothing left to remove: still fine
     assert job.writer.store.list(job.progress_prefix) == []
 
 
