@@ -24,7 +24,7 @@ from airflow_bigdata_ai.cluster.config import StatePaths, read_token
 from airflow_bigdata_ai.jobs import ClusterAuthError, ClusterJobRunner, JobsClient, StageRequest, StoreSpec
 from airflow_bigdata_ai.jobs.request import submission_id, submission_prefix
 from airflow_bigdata_ai.shards import open_store
-from tests.support.cluster_fixtures import SharedCluster
+from tests.support.cluster_fixtures import SharedCluster, jobs_client
 
 pytestmark = pytest.mark.integration
 
@@ -35,7 +35,7 @@ FACTORY = "airflow_bigdata_ai.examples.models.digits:make_digits_cnn"
 def jobs(shared_cluster: SharedCluster) -> JobsClient:
     url = shared_cluster.endpoint.jobs_url
     assert url.startswith("http://127.0.0.1:"), url
-    return JobsClient(url, read_token(StatePaths(shared_cluster.config.state_dir).token))
+    return jobs_client(shared_cluster)
 
 
 @pytest.fixture

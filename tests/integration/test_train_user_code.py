@@ -32,7 +32,7 @@ from airflow_bigdata_ai.shards import ModelRef, ShardSet, open_store
 from airflow_bigdata_ai.shards.paths import safe_segment
 from airflow_bigdata_ai.train.events import finished_epochs
 from tests.support.airflow_services import AirflowServices
-from tests.support.cluster_fixtures import SharedCluster, stop_leftover_jobs
+from tests.support.cluster_fixtures import SharedCluster, jobs_client, stop_leftover_jobs
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(2400)]
 
@@ -194,7 +194,7 @@ def user_airflow(tmp_path_factory: pytest.TempPathFactory, shared_cluster: Share
     finally:
         services.stop()  # ends every service and its descendants by PID (hard, if they do not stop in time)
         # a test that failed half-way may leave a (5000-epoch) driver job holding the CPUs of every later test
-        stop_leftover_jobs(shared_cluster.endpoint, shared_cluster.config.state_dir, "abai-user_train")
+        stop_leftover_jobs(shared_cluster, "abai-user_train")
 
 
 def service_connection(shared_cluster: SharedCluster, store_root: str) -> str:
@@ -349,16 +349,9 @@ def _task_log(home: str, dag_id: str, run_id: str, attempt: int, trigger: bool =
 
 
 # -- drivers on the cluster service (issue 14) -------------------------------------------------------------------
-def _jobs_client(shared_cluster: SharedCluster) -> Any:
-    from airflow_bigdata_ai.cluster.config import StatePaths, read_token
-    from airflow_bigdata_ai.jobs import JobsClient
-
-    return JobsClient(shared_cluster.endpoint.jobs_url, read_token(StatePaths(shared_cluster.config.state_dir).token))
-
-
 def _jobs_of(shared_cluster: SharedCluster, dag_id: str) -> list[dict[str, Any]]:
     """The driver jobs of ``dag_id``'s train task on the cluster (any run, any try)."""
-    jobs = _jobs_client(shared_cluster).list()
+    jobs = jobs_client(shared_cluster).list()
     return [j for j in jobs if f"abai-{dag_id}_train-" in str(j.get("submission_id"))]
 
 
@@ -373,7 +366,7 @@ def _wait(predicate: Any, timeout_s: float, what: str) -> Any:
 
 
 def _first_epoch_done(shared_cluster: SharedCluster, dag_id: str) -> dict[str, Any] | None:
-    client = _jobs_client(shared_cluster)
+    client = jobs_client(shared_cluster)
     for job in _jobs_of(shared_cluster, dag_id):
         if job.get("status") == "RUNNING" and "epoch 1/" in client.logs(str(job["submission_id"])):
             return job

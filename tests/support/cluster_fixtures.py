@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import psutil
 import pytest
@@ -31,6 +32,9 @@ from airflow_bigdata_ai.cluster import (
     stop_cluster,
 )
 from airflow_bigdata_ai.cluster.config import StatePaths, read_json, read_token
+
+if TYPE_CHECKING:
+    from airflow_bigdata_ai.jobs import JobsClient
 
 REUSE_ENV = "AIRFLOW_BIGDATA_AI_TEST_STATE_DIR"
 
@@ -101,13 +105,18 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def stop_leftover_jobs(endpoint: ClusterEndpoint, state_dir: str, prefix: str, timeout_s: float = 90.0) -> list[str]:
+def jobs_client(cluster: SharedCluster) -> JobsClient:
+    """The shared cluster's Jobs API client, with the token from its state directory."""
+    from airflow_bigdata_ai.jobs import JobsClient
+
+    return JobsClient(cluster.endpoint.jobs_url, read_token(StatePaths(cluster.config.state_dir).token))
+
+
+def stop_leftover_jobs(cluster: SharedCluster, prefix: str, timeout_s: float = 90.0) -> list[str]:
     """Stop every driver job on the cluster service whose submission id starts with ``prefix`` and is not over yet,
     and wait until they ended: a test that failed half-way must not leave a long training holding the cluster's
     CPUs for the tests after it. Returns the ids it stopped."""
-    from airflow_bigdata_ai.jobs import JobsClient
-
-    client = JobsClient(endpoint.jobs_url, read_token(StatePaths(state_dir).token))
+    client = jobs_client(cluster)
 
     def active() -> list[str]:
         return [
