@@ -38,6 +38,7 @@ from airflow_bigdata_ai.cluster.config import (
     write_json_atomic,
 )
 from airflow_bigdata_ai.cluster.ray_loopback import dashboard_on, install_ray_shim, pin_node_ip
+from airflow_bigdata_ai.cluster.ray_startup import NODE_OPTIONS, node_env
 
 log = logging.getLogger("airflow_bigdata_ai.cluster.service")
 
@@ -155,6 +156,7 @@ def _setup_env(token: str, loopback: bool) -> None:
     os.environ["RAY_AUTH_MODE"] = "token"
     os.environ["RAY_AUTH_TOKEN"] = token
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.update(node_env())  # the head's processes; the executors get the same (worker nodes)
     for name in ("NO_PROXY", "no_proxy"):
         os.environ[name] = ",".join(filter(None, [os.environ.get(name, ""), "localhost", LOOPBACK]))
     for name in ("SPARK_REMOTE", "SPARK_CONNECT_MODE_ENABLED", "RAY_ADDRESS", "PYSPARK_SUBMIT_ARGS"):
@@ -220,6 +222,7 @@ def serve(state_dir: str, cluster_id: str) -> int:
         "spark.executorEnv.PATH": os.environ["PATH"],
         "spark.executorEnv.RAY_AUTH_MODE": "token",
         "spark.executorEnv.RAY_USAGE_STATS_ENABLED": "0",
+        **{f"spark.executorEnv.{name}": value for name, value in node_env().items()},
         "spark.pyspark.python": sys.executable,
     }
     if loopback:
@@ -262,7 +265,9 @@ def serve(state_dir: str, cluster_id: str) -> int:
         pin_node_ip(LOOPBACK)
     dashboard_on(bind)  # whatever the master: Ray on Spark would bind it to 0.0.0.0
     os.environ[ENV_CLUSTER_STATE_DIR] = paths.root  # driver jobs attach through it (jobs.entry)
-    head_options: dict[str, Any] = {"dashboard_port": config.jobs_port} if config.jobs_port else {}
+    head_options: dict[str, Any] = dict(NODE_OPTIONS)
+    if config.jobs_port:
+        head_options["dashboard_port"] = config.jobs_port
 
     max_workers = config.ray_max_worker_nodes
     if max_workers is None:
@@ -281,7 +286,8 @@ def serve(state_dir: str, cluster_id: str) -> int:
         num_gpus_head_node=0,
         autoscale_idle_timeout_minutes=config.ray_autoscale_idle_timeout_minutes,
         ray_temp_root_dir=ray_temp_root,
-        head_node_options=head_options or None,
+        head_node_options=head_options,
+        worker_node_options=dict(NODE_OPTIONS),
     )
     import ray.util.spark.cluster_init as cluster_init
 

@@ -55,21 +55,26 @@ def digits(tmp_path_factory: pytest.TempPathFactory) -> Digits:
     return Digits(root, write_digits_shardset(store, f"{root}/digits/prep/ds=2026-01-01"))
 
 
-SPLIT_COORDINATORS: list[int] = []  # Ray Data streaming-split coordinators started by the baseline training
+# helper actors the baseline training started: Ray Data's streaming-split coordinators (one process per
+# dataset), and Ray Train's preemption watcher (the service turns it off: cluster.ray_startup.NODE_ENV)
+HELPERS = ("SplitCoordinator", "PreemptionWatcher")
+HELPERS_STARTED: list[dict[str, int]] = []
 
 
-def _split_coordinators() -> int:
+def _helper_actors() -> dict[str, int]:
     from ray.util.state import list_actors
 
-    found = list_actors(filters=[("class_name", "=", "SplitCoordinator")], limit=10_000, raise_on_missing_output=False)
-    return len(found)
+    return {
+        name: len(list_actors(filters=[("class_name", "=", name)], limit=10_000, raise_on_missing_output=False))
+        for name in HELPERS
+    }
 
 
 @pytest.fixture(scope="module")
 def baseline(attached: Any, digits: Digits) -> ModelRef:
     """One uninterrupted run, shared by the accuracy test and the fault-tolerance comparison."""
     attached.ray()
-    before = _split_coordinators()
+    before = _helper_actors()
     ref = train(
         digits.shardset,
         digits.store,
@@ -77,7 +82,7 @@ def baseline(attached: Any, digits: Digits) -> ModelRef:
         config=TrainConfig(**SETTINGS),
         run=RunKey("train_it", "train", "baseline", "2026-01-01"),
     )
-    SPLIT_COORDINATORS.append(_split_coordinators() - before)
+    HELPERS_STARTED.append({name: count - before[name] for name, count in _helper_actors().items()})
     return ref
 
 
@@ -98,8 +103,9 @@ def test_two_workers_reach_95_percent_and_modelref_loads_back(baseline: ModelRef
     assert metrics["epochs"] == EPOCHS and metrics["restarts"] == 0 and metrics["resumed_from_epoch"] == 0
     assert metrics["samples_per_s"] > 0 and ref.input_shape == [1, 8, 8]
     assert ref.trained_on == digits.shardset.to_dict()
-    # cached data is split by the driver: no streaming-split coordinator (a new process per dataset) is started
-    assert SPLIT_COORDINATORS == [0], SPLIT_COORDINATORS
+    # cached data is split by the driver: no streaming-split coordinator (a new process per dataset) is started;
+    # nor a preemption watcher
+    assert HELPERS_STARTED == [dict.fromkeys(HELPERS, 0)], HELPERS_STARTED
     model = load_model(ref, digits.store)
     accuracy, n = _accuracy(model, digits)
     print(f"reloaded model accuracy {accuracy:.4f} on {n} validation rows")
