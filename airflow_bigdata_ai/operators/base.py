@@ -122,7 +122,12 @@ class SharedClusterOperator(BaseOperator):
             runner = self.cluster_runner()
             self._submission = runner.submit(request, reconnect=not self._own_job_only)
             push_cluster_links(context, "", self.hook.settings.jobs_url)
-            self.log.info("Driver job %s submitted to %s", self._submission, self.hook.settings.jobs_url)
+            if self._submission == request.submission_id:
+                self.log.info("Driver job %s submitted to %s", self._submission, self.hook.settings.jobs_url)
+            else:  # the runner logged why: an earlier try's job still runs (or finished with this request)
+                self.log.info(
+                    "Following the driver job %s of an earlier try on %s", self._submission, self.hook.settings.jobs_url
+                )
             if self.deferrable:
                 from airflow_bigdata_ai.triggers.cluster_job import ClusterJobTrigger
 

@@ -460,6 +460,7 @@ def test_a_killed_task_process_is_retried_and_reconnects_to_its_running_cluster_
     retry_log = _task_log(services.home, REMOTE_DAG_ID, run_id, ti["try_number"])
     assert state == "success" and ti["try_number"] == 2, (state, ti, retry_log[-3000:])
     assert "Reconnecting to the driver job" in retry_log and "(RUNNING)" in retry_log, retry_log[-3000:]
+    assert "Following the driver job" in retry_log and " submitted to " not in retry_log, retry_log[-3000:]
     jobs = _jobs_of(shared_cluster, REMOTE_DAG_ID)
     assert len(jobs) == 1 and jobs[0]["status"] == "SUCCEEDED", jobs  # one job for both tries
     value = services.api("GET", f"/dags/{REMOTE_DAG_ID}/dagRuns/{run_id}/taskInstances/train/xcomEntries/return_value")
