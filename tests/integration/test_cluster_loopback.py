@@ -8,7 +8,7 @@ import time
 import psutil
 import pytest
 
-from tests.integration.conftest import cluster_processes
+from tests.support.cluster_fixtures import cluster_process_tree
 
 pytestmark = pytest.mark.integration
 
@@ -50,14 +50,7 @@ def test_every_server_of_the_embedded_cluster_listens_on_loopback_only(shared_cl
     assert attached.spark().range(100).count() == 100
     assert {node["NodeManagerAddress"] for node in ray.nodes() if node["Alive"]} == {"127.0.0.1"}
     time.sleep(1.0)  # the service records new pids every 3 s; the actor's worker is a raylet child
-    pids = cluster_processes(shared_cluster.config.state_dir)
-    for pid in list(pids):
-        try:
-            for child in psutil.Process(pid).children(recursive=True):
-                pids.setdefault(child.pid, child.create_time())
-        except psutil.NoSuchProcess:
-            continue
-    listening = _listening(pids)
+    listening = _listening(cluster_process_tree(shared_cluster.config.state_dir))
     names = {name for _ip, _port, name, _pid in listening}
     assert {"gcs_server", "raylet", "java"} <= names, listening  # the servers were found at all
     outside = [entry for entry in listening if not _is_loopback(entry[0])]

@@ -9,7 +9,7 @@ import psutil
 import pytest
 
 from airflow_bigdata_ai.cluster.ray_startup import NODE_ENV
-from tests.support.cluster_fixtures import cluster_processes
+from tests.support.cluster_fixtures import cluster_process_tree
 
 pytestmark = pytest.mark.integration
 
@@ -31,18 +31,17 @@ def test_every_ray_node_runs_without_a_log_monitor_and_with_the_node_environment
 
     assert ray.get(worker_node_env.remote(), timeout=300) == NODE_ENV
 
-    commands: dict[int, str] = {}
-    for pid in cluster_processes(shared_cluster.config.state_dir):
+    command_of: dict[int, str] = {}
+    for pid in cluster_process_tree(shared_cluster.config.state_dir):
         try:
-            proc = psutil.Process(pid)
-            commands.update({p.pid: " ".join(p.cmdline()) for p in [proc, *proc.children(recursive=True)]})
+            command_of[pid] = " ".join(psutil.Process(pid).cmdline())
         except psutil.NoSuchProcess:
             continue
-    gcs = [pid for pid, command in commands.items() if "/gcs_server " in command]
-    assert len(gcs) == 1, commands
+    gcs = [pid for pid, command in command_of.items() if "/gcs_server " in command]
+    assert len(gcs) == 1, command_of
     head = _environ(gcs[0])  # the head node's processes start with the service's environment
     assert {name: head.get(name) for name in NODE_ENV} == NODE_ENV
-    commands = list(commands.values())
+    commands = list(command_of.values())
     alive_nodes = [node for node in ray.nodes() if node["Alive"]]
     raylets = [command for command in commands if "/raylet " in command or command.endswith("/raylet")]
     assert len(alive_nodes) >= 2 and len(raylets) >= 2, (alive_nodes, raylets)  # the head and a worker node

@@ -73,6 +73,19 @@ def cluster_processes(state_dir: str) -> dict[int, float]:
     return found
 
 
+def cluster_process_tree(state_dir: str) -> dict[int, float]:
+    """:func:`cluster_processes` plus every live descendant of them (Ray workers and actors are raylet children
+    the service may not have recorded yet)."""
+    pids = cluster_processes(state_dir)
+    for pid in list(pids):
+        try:
+            for child in psutil.Process(pid).children(recursive=True):
+                pids.setdefault(child.pid, child.create_time())
+        except psutil.NoSuchProcess:
+            continue
+    return pids
+
+
 def still_alive(snapshot: dict[int, float]) -> list[str]:
     """The processes of a snapshot that still run (same pid AND same create time), described."""
     alive = []
